@@ -1,0 +1,74 @@
+"""The `trainwise` command. Imports stay lazy: `trainwise --help` loads neither torch nor MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trainwise.errors import UserError
+
+_DESCRIPTION = """\
+Measure, on your data and compute, whether to train from scratch, train fully on a large dataset,
+or fine-tune a pretrained model. Every run lands in MLflow.
+
+commands:
+  train [overrides]   one run; -m sweeps, e.g.  trainwise train -m strategy=scratch,full,finetune
+                      (`trainwise train --help` lists the config groups and their options)
+  ui                  the MLflow UI for the configured store, on 127.0.0.1
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: trainwise <command> [args]\n\n{_DESCRIPTION}")
+        raise SystemExit(0 if argv else 2)
+    command, args = argv[0], argv[1:]
+    try:
+        if command == "train":
+            raise SystemExit(_train(args))
+        if command == "ui":
+            raise SystemExit(_ui(args))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+    print(f"error: unknown command {command!r}; commands: train, ui (see trainwise --help)", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _train(args: list[str]) -> int:
+    from trainwise.overrides import check_overrides
+    from trainwise.train import hydra_main
+
+    check_overrides(args)
+    return hydra_main(args)
+
+
+def _ui(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="trainwise ui", description="Open the MLflow UI on the tracking store.")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
+    opts = parser.parse_args(args)
+
+    import subprocess
+
+    from trainwise.tracking.store import resolve_uri, runs_table_url, sqlite_path
+
+    uri = resolve_uri(opts.tracking_uri)
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise UserError(f"no MLflow store at {db}; run `make demo` or `trainwise train` here first")
+    experiment = _default_experiment_id(uri)
+    base = f"http://{opts.host}:{opts.port}"
+    print(f"MLflow UI on {base} - runs table: {runs_table_url(experiment, base) if experiment else base}", flush=True)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", opts.host]
+    return subprocess.call([*command, "--port", str(opts.port)])
+
+
+def _default_experiment_id(uri: str) -> str | None:
+    from mlflow import MlflowClient
+
+    experiments = MlflowClient(tracking_uri=uri).search_experiments(order_by=["last_update_time DESC"])
+    named = [e for e in experiments if e.name != "Default"]
+    return named[0].experiment_id if named else None

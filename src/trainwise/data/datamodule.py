@@ -1,0 +1,101 @@
+"""A LightningDataModule over images held as tensors (datasets small enough to sit in memory)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+
+
+@dataclass
+class ImageTensors:
+    images: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
+    labels: torch.Tensor  # (N,) int64
+    class_names: list[str]
+
+    def to_input(self, channels: int, size: int) -> ImageTensors:
+        """Resize and convert channels to what a model expects (grayscale <-> colour)."""
+        images = self.images
+        if images.shape[-1] != size or images.shape[-2] != size:
+            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        if images.shape[1] != channels:
+            gray = images.mean(dim=1, keepdim=True)
+            images = gray.expand(-1, channels, -1, -1).contiguous() if channels > 1 else gray
+        return ImageTensors(images.clamp(0, 1), self.labels, self.class_names)
+
+
+def _split(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split of `indices` into (rest, part); unstratified when the part is smaller than the classes."""
+    if fraction <= 0:
+        return indices, indices[:0]
+    n_part = max(1, round(fraction * len(indices)))
+    stratify = labels[indices] if n_part >= len(np.unique(labels[indices])) else None
+    rest, part = train_test_split(indices, test_size=n_part, random_state=seed, stratify=stratify)
+    return np.sort(rest), np.sort(part)
+
+
+def labelled_subset(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """`fraction` of each class (at least one image per class), drawn with `seed`."""
+    if fraction >= 1.0:
+        return indices
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for cls in np.unique(labels[indices]):
+        members = indices[labels[indices] == cls]
+        k = max(1, round(fraction * len(members)))
+        chosen.append(rng.choice(members, size=k, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+class TensorDataModule(pl.LightningDataModule):
+    """Fixed test and validation splits (by `split_seed`, identical for every run) and a labelled training
+    subset drawn per `seed` (`train_fraction`). Batches are sliced from the tensors, not collated per sample."""
+
+    def __init__(self, data: ImageTensors, cfg, seed: int):
+        super().__init__()
+        self.data = data
+        self.batch_size = int(cfg.batch_size)
+        self.num_workers = int(cfg.get("num_workers", 0))
+        self.seed = seed
+        labels = data.labels.numpy()
+        everything = np.arange(len(labels))
+        rest, self.test_idx = _split(everything, labels, cfg.get("test_fraction", 0.0), cfg.split_seed)
+        train_pool, self.val_idx = _split(rest, labels, cfg.val_fraction, cfg.split_seed)
+        self.train_idx = labelled_subset(train_pool, labels, cfg.train_fraction, seed)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.data.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """(channels, image_size)."""
+        return int(self.data.images.shape[1]), int(self.data.images.shape[-1])
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train_idx), "val": len(self.val_idx), "test": len(self.test_idx)}
+
+    def steps_per_epoch(self) -> int:
+        return max(1, -(-len(self.train_idx) // self.batch_size))
+
+    def _loader(self, indices: np.ndarray, shuffle: bool) -> DataLoader:
+        idx = torch.from_numpy(indices)
+        dataset = TensorDataset(self.data.images[idx], self.data.labels[idx])
+        order = RandomSampler(dataset, generator=torch.Generator().manual_seed(self.seed)) if shuffle else None
+        # Index the tensors with a whole batch of indices at once: no per-sample collation.
+        batches = BatchSampler(order or SequentialSampler(dataset), self.batch_size, drop_last=False)
+        return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_idx, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_idx, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_idx, shuffle=False)

@@ -1,0 +1,59 @@
+"""One factory for every model: the seed nets and any timm architecture, as backbone + head.
+
+Every model is a `Net`: `net.backbone` (pooled features, timm's interface) and `net.head` (new for each task's
+classes). Strategies only ever deal with that split, so scratch, full and finetune treat all models alike.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from torch import nn
+
+from trainwise.errors import UserError
+from trainwise.models.seed_nets import SEED_NETS
+
+
+class Net(nn.Module):
+    def __init__(self, backbone: nn.Module, num_classes: int, head_hidden: int | None = None):
+        super().__init__()
+        self.backbone = backbone
+        features = backbone.num_features
+        if head_hidden:
+            self.head = nn.Sequential(nn.Linear(features, head_hidden), nn.ReLU(), nn.Linear(head_hidden, num_classes))
+        else:
+            self.head = nn.Linear(features, num_classes)
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def build_backbone(name: str, in_chans: int, image_size: int) -> nn.Module:
+    if name in SEED_NETS:
+        return SEED_NETS[name](in_chans=in_chans, image_size=image_size)
+    import timm
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, list(SEED_NETS) + timm.list_models(), n=3)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise UserError(f"model.name={name!r} is neither mlp, small_cnn nor a timm architecture.{hint}")
+    kwargs = {"img_size": image_size} if "img_size" in _timm_kwargs(name) else {}
+    # num_classes=0: timm returns pooled features; trainwise adds its own head.
+    return timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)
+
+
+def _timm_kwargs(name: str) -> set[str]:
+    # Transformers fix their position embeddings to an image size; CNNs take any size.
+    return {"img_size"} if name.startswith(("vit_", "deit_", "test_vit")) else set()
+
+
+def build_model(model_cfg, num_classes: int, in_chans: int, image_size: int) -> Net:
+    backbone = build_backbone(model_cfg.name, in_chans, image_size)
+    return Net(backbone, num_classes, model_cfg.get("head_hidden"))
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return total, trainable

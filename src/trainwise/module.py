@@ -1,0 +1,93 @@
+"""The LightningModule: classification with cross-entropy and torchmetrics accuracy, for every strategy.
+
+What differs between strategies (which weights, what is frozen, which LR per group) is decided in
+`trainwise.strategies` and handed in as parameter groups and a list of frozen modules.
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+
+class ClassificationModule(pl.LightningModule):
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int,
+        optimizer_cfg,
+        scheduler_cfg,
+        param_groups: list[dict],
+        frozen: list[nn.Module],
+        checkpoint_meta: dict,
+    ):
+        super().__init__()
+        self.net = net
+        self.optimizer_cfg = optimizer_cfg
+        self.scheduler_cfg = scheduler_cfg
+        self.param_groups = param_groups
+        self.frozen = frozen
+        self.checkpoint_meta = checkpoint_meta
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x):
+        return self.net(x)
+
+    def train(self, mode: bool = True):
+        # Frozen parts stay in eval mode: BatchNorm statistics and dropout of a frozen backbone are untouched.
+        super().train(mode)
+        for module in self.frozen:
+            module.eval()
+        return self
+
+    def _step(self, batch, stage: str, accuracy: MulticlassAccuracy):
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        accuracy(logits, labels)
+        # on_epoch only: Lightning accumulates on the device, so there is no host sync per step.
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(labels))
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, batch_size=len(labels))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train", self.train_acc)
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val", self.val_acc)
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test", self.test_acc)
+
+    def configure_optimizers(self):
+        optimizer = instantiate(self.optimizer_cfg)(self.param_groups)
+        if self.scheduler_cfg.name == "none":
+            return optimizer
+        if self.scheduler_cfg.name == "cosine":
+            total = int(self.trainer.estimated_stepping_batches)
+            # eta_min is per group in spirit: scale each group's floor by its own initial LR.
+            ratio = float(self.scheduler_cfg.get("eta_min_ratio", 0.0))
+            lambdas = [_cosine(total, ratio) for _ in optimizer.param_groups]
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        raise ValueError(f"unknown scheduler {self.scheduler_cfg.name}")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # What a later fine-tune needs to rebuild this network: model config, input shape, classes.
+        checkpoint["trainwise"] = self.checkpoint_meta
+
+
+def _cosine(total_steps: int, floor: float):
+    import math
+
+    def factor(step: int) -> float:
+        progress = min(1.0, step / max(1, total_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor

@@ -1,0 +1,63 @@
+"""The three strategies, in one place.
+
+| strategy | weights start from        | what trains                         | data slot | budget, LR, seed        |
+|----------|---------------------------|-------------------------------------|-----------|-------------------------|
+| scratch  | random init               | everything                          | dataset   | trainer, optimizer, seed |
+| full     | random init               | everything                          | source    | the `foundation` node   |
+| finetune | `strategy.pretrained`     | head + what `strategy.freeze` leaves | dataset   | trainer, optimizer, seed |
+
+The strategy config files carry these decisions as data (`strategy.data`, `strategy.weights`,
+`strategy.freeze`); this package applies them. Nothing else in trainwise branches on a strategy's name.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from trainwise.config import config_hash, to_container
+from trainwise.paths import conf_dir
+
+# What identifies a foundation: a fine-tune with pretrained=auto reuses a full run only if all of these match.
+FOUNDATION_KEYS = ("model", "source", "foundation", "optimizer", "scheduler", "trainer")
+
+
+def effective_config(cfg: DictConfig) -> DictConfig:
+    """The config a run really trains with: a `full` run takes the foundation's budget, LR and seed,
+    because one foundation serves many fine-tunes (other seeds, other fractions of the target data)."""
+    if cfg.strategy.data != "source":
+        return cfg
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    cfg.trainer.max_epochs = cfg.foundation.max_epochs
+    cfg.optimizer.lr = cfg.foundation.lr
+    cfg.seed = cfg.foundation.seed
+    return cfg
+
+
+def foundation_config(cfg: DictConfig) -> DictConfig:
+    """The `full` run that a fine-tune with pretrained=auto needs: same config, strategy=full."""
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    cfg.strategy = OmegaConf.load(conf_dir() / "strategy" / "full.yaml")
+    cfg.resume = None
+    return effective_config(cfg)
+
+
+def foundation_hash(cfg: DictConfig) -> str:
+    """Hash of exactly the keys that define the foundation a config trains (or needs)."""
+    full = effective_config(cfg) if cfg.strategy.data == "source" else foundation_config(cfg)
+    tree = to_container(full)
+    return config_hash({key: tree[key] for key in FOUNDATION_KEYS})
+
+
+def training_data(cfg: DictConfig) -> DictConfig:
+    """The dataset node this strategy trains on (`dataset` or `source`)."""
+    return cfg[cfg.strategy.data]
+
+
+def uses_pretrained(cfg: DictConfig) -> bool:
+    return cfg.strategy.weights == "pretrained"
+
+
+def backbone_lr_mult(cfg: DictConfig) -> float:
+    return float(cfg.strategy.get("backbone_lr_mult", 1.0))

@@ -1,0 +1,19 @@
+"""Questions asked of the store."""
+
+from __future__ import annotations
+
+FOUNDATION_HASH_TAG = "trainwise.foundation_hash"
+
+
+def find_foundation_run(store, foundation_hash: str):
+    """The newest FINISHED `full` run, in any experiment of the store, trained with these foundation settings."""
+    experiments = [e.experiment_id for e in store.client.search_experiments()]
+    if not experiments:
+        return None
+    runs = store.client.search_runs(
+        experiment_ids=experiments,
+        filter_string=f"tags.`{FOUNDATION_HASH_TAG}` = '{foundation_hash}' AND attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None

@@ -1,0 +1,98 @@
+"""The tracking store: which URI, the client, experiments, and the link to the runs table."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainwise.errors import UserError
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+# MLflow 3's UI opens experiments of other kinds in its GenAI (traces) view, which shows a new user nothing.
+EXPERIMENT_KIND = "custom_model_development"
+
+
+def resolve_uri(configured: str) -> str:
+    """MLFLOW_TRACKING_URI wins; a relative sqlite path is made absolute against the working folder."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str((Path.cwd() / uri[len("sqlite:///") :]).resolve())
+    if "://" not in uri or uri.startswith("file:"):
+        raise UserError(
+            f"tracking URI {uri!r} is MLflow's file store, which MLflow 3 no longer supports; "
+            "use sqlite:///mlflow.db (the default) or an http(s):// server URI in tracking.uri"
+        )
+    return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+def runs_table_url(experiment_id: str, base: str = "http://127.0.0.1:5000") -> str:
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+@dataclass
+class Store:
+    uri: str
+    client: object  # mlflow.MlflowClient
+
+    @property
+    def lock_dir(self) -> Path:
+        """Where parallel jobs on this store coordinate (beside a SQLite file; else the user's cache)."""
+        db = sqlite_path(self.uri)
+        if db is not None:
+            return db.parent / (db.name + ".locks")
+        from trainwise.paths import cache_dir
+
+        return cache_dir() / "locks"
+
+    def artifact_root(self, experiment: str) -> str | None:
+        db = sqlite_path(self.uri)
+        # Artifacts beside the database (the server decides for http stores).
+        return (db.parent / "mlartifacts" / experiment).as_uri() if db is not None else None
+
+    def experiment_id(self, name: str) -> str:
+        """Get or create the experiment (safe when several processes race to create it)."""
+        from mlflow.exceptions import MlflowException
+
+        existing = self.client.get_experiment_by_name(name)
+        if existing is not None:
+            if existing.lifecycle_stage == "deleted":
+                raise UserError(
+                    f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) "
+                    "or set tracking.experiment to another name"
+                )
+            return existing.experiment_id
+        try:
+            return self.client.create_experiment(
+                name, artifact_location=self.artifact_root(name), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
+        except MlflowException:
+            existing = self.client.get_experiment_by_name(name)
+            if existing is None:
+                raise
+            return existing.experiment_id
+
+
+def open_store(configured_uri: str) -> Store:
+    uri = resolve_uri(configured_uri)
+    # Creating a SQLite store runs schema migrations that log at INFO; users need none of it.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as err:  # noqa: BLE001 - any failure here means the store cannot be used
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"cannot reach the MLflow tracking store {uri}: {first_line}; "
+            "start the server or set tracking.uri / MLFLOW_TRACKING_URI"
+        ) from None
+    return Store(uri=uri, client=client)

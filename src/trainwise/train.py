@@ -1,0 +1,317 @@
+"""`trainwise train`: the Hydra task. One run reads top to bottom like a recipe:
+
+config -> tracking run -> weights (foundation) -> data -> model -> freeze -> fit -> test -> log costs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from trainwise.config import config_hash, flatten, to_container, validate
+from trainwise.errors import UserError
+from trainwise.paths import conf_dir, experiments_dir
+
+log = logging.getLogger("trainwise")
+
+# Jobs of this process that failed (a sweep goes on past them; the CLI's exit code reports them).
+FAILED_JOBS: list[str] = []
+
+
+@dataclass
+class JobContext:
+    """Where a run writes locally and what Hydra recorded about how it was launched."""
+
+    job_dir: Path
+    overrides: list[str] = field(default_factory=list)
+    hydra_yaml: Path | None = None
+    parent_run_id: str | None = None
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    experiment_id: str
+    metrics: dict[str, float]
+
+
+def run(cfg: DictConfig, ctx: JobContext) -> RunResult:
+    """Train and log one run. A `full` run holds the foundation lock while it trains, so a parallel
+    fine-tune waiting for the same foundation reuses it instead of training a second one."""
+    from trainwise import strategies
+    from trainwise.tracking import open_store
+
+    validate(cfg)
+    cfg = strategies.effective_config(cfg)
+    store = open_store(cfg.tracking.uri)
+    lock = _foundation_lock(store, strategies.foundation_hash(cfg)) if cfg.strategy.data == "source" else nullcontext()
+    with lock:
+        return _train_and_log(cfg, ctx, store)
+
+
+def _train_and_log(cfg: DictConfig, ctx: JobContext, store) -> RunResult:
+    import pytorch_lightning as pl
+    import torch
+
+    from trainwise import strategies
+    from trainwise.data import build_datamodule
+    from trainwise.models import build_model, count_parameters
+    from trainwise.module import ClassificationModule
+    from trainwise.strategies import pretrained
+    from trainwise.strategies.freeze import freeze, param_groups
+    from trainwise.tracking import TrackedRun
+
+    data_cfg = strategies.training_data(cfg)
+    experiment_id = store.experiment_id(cfg.tracking.experiment)
+    tags = _run_tags(cfg, data_cfg.name, ctx.parent_run_id)
+    with TrackedRun(store, experiment_id, f"{cfg.strategy.name}-{cfg.model.name}-{data_cfg.name}", tags) as tracked:
+        _log_config(tracked, cfg, ctx)
+
+        # Weights: a fine-tune starts from a foundation (found in MLflow, trained first, or given).
+        foundation = None
+        if strategies.uses_pretrained(cfg):
+            foundation = pretrained.resolve(
+                cfg.strategy.pretrained, store, lambda: _find_or_train_foundation(cfg, ctx, store, tracked.run_id)
+            )
+            tracked.set_tags({"trainwise.foundation_run": foundation.run_id or foundation.source})
+
+        # Data: the slot the strategy trains on, shaped as the foundation expects.
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule = build_datamodule(data_cfg, cfg.seed, foundation.input_shape if foundation else None)
+        sizes = datamodule.sizes()
+        tracked.log_params({f"data.{k}_size": v for k, v in sizes.items()} | {"data.num_classes": datamodule.num_classes})
+
+        # Model: backbone + a new head for this data's classes; then what the strategy freezes.
+        channels, image_size = datamodule.input_shape
+        net = build_model(cfg.model, datamodule.num_classes, channels, image_size)
+        if foundation is not None:
+            pretrained.load_into(net, foundation)
+        frozen = freeze(net, cfg.strategy.get("freeze", "none"))
+        module = ClassificationModule(
+            net,
+            datamodule.num_classes,
+            cfg.optimizer,
+            cfg.scheduler,
+            param_groups(net, cfg.optimizer.lr, strategies.backbone_lr_mult(cfg)),
+            frozen,
+            checkpoint_meta={
+                "model": to_container(cfg.model),
+                "input_shape": [channels, image_size],
+                "class_names": datamodule.data.class_names,
+                "run_id": tracked.run_id,
+            },
+        )
+        total, trainable = count_parameters(net)
+
+        # Fit, then test the best checkpoint (by val/acc).
+        max_epochs = max(cfg.trainer.max_epochs, math.ceil(cfg.min_train_steps / datamodule.steps_per_epoch()))
+        trainer, checkpoint, counter = _build_trainer(cfg, tracked, ctx.job_dir, max_epochs)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule)
+        fit_seconds = time.perf_counter() - started
+        tested = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False)[0]
+
+        metrics = {
+            "test/loss": float(tested["test/loss"]),
+            "test/acc": float(tested["test/acc"]),
+            "cost/fit_seconds": fit_seconds,
+            "cost/samples_per_second": counter.samples / fit_seconds if fit_seconds > 0 else 0.0,
+            "cost/peak_memory_mb": _peak_memory_mb(),
+            "cost/epochs": float(trainer.current_epoch),
+            "model/params_total": float(total),
+            "model/params_trainable": float(trainable),
+        }
+        if checkpoint.best_model_score is not None:
+            metrics["val/acc_best"] = float(checkpoint.best_model_score)
+        tracked.log_metrics(metrics, step=trainer.global_step)
+        for path in (checkpoint.best_model_path, checkpoint.last_model_path):
+            if path:
+                tracked.log_artifact(path, "checkpoints")
+    _print_finished(cfg, tracked.run_id, experiment_id, metrics)
+    return RunResult(tracked.run_id, experiment_id, metrics)
+
+
+def _find_or_train_foundation(cfg: DictConfig, ctx: JobContext, store, finetune_run_id: str) -> str:
+    """pretrained=auto: the newest finished full run with this foundation hash, else train it now (locked)."""
+    from trainwise import strategies
+    from trainwise.tracking import find_foundation_run
+
+    wanted = strategies.foundation_hash(cfg)
+    with _foundation_lock(store, wanted):
+        found = find_foundation_run(store, wanted)
+        if found is not None:
+            log.info("fine-tuning from foundation run %s", found.info.run_id)
+            return found.info.run_id
+        print(f"No finished full run matches foundation {wanted}: training it first, as its own run.", flush=True)
+        full_cfg = strategies.foundation_config(cfg)
+        overrides = [o for o in ctx.overrides if not o.lstrip("+~").startswith("strategy")] + ["strategy=full"]
+        full_ctx = replace(ctx, job_dir=ctx.job_dir / "foundation", overrides=overrides)
+        return _train_and_log(full_cfg, full_ctx, store).run_id
+
+
+def _foundation_lock(store, foundation_hash: str):
+    from filelock import FileLock
+
+    store.lock_dir.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(store.lock_dir / f"foundation-{foundation_hash}.lock"))
+
+
+def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, max_epochs: int):
+    import warnings
+
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+
+    from trainwise.callbacks import EpochLines, SampleCounter
+    from trainwise.tracking import RunLogger
+
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+
+    accel = cfg.accelerator
+    precision = str(accel.precision)
+    if precision == "auto":
+        on_gpu = torch.cuda.is_available() and accel.accelerator in ("auto", "gpu", "cuda")
+        precision = "bf16-mixed" if on_gpu else "32-true"
+    checkpoint = ModelCheckpoint(
+        dirpath=job_dir / "checkpoints",
+        filename="best",
+        monitor="val/acc",
+        mode="max",
+        save_last=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    counter = SampleCounter()
+    interactive = sys.stdout.isatty()
+    callbacks = [checkpoint, counter, RichProgressBar() if interactive else EpochLines()]
+    passthrough = {k: v for k, v in to_container(cfg.trainer).items() if v is not None}
+    passthrough["max_epochs"] = max_epochs
+    trainer = pl.Trainer(
+        accelerator=accel.accelerator,
+        devices=accel.devices,
+        precision=precision,
+        deterministic=bool(cfg.deterministic),
+        logger=RunLogger(tracked),
+        callbacks=callbacks,
+        enable_progress_bar=interactive,
+        enable_model_summary=False,
+        default_root_dir=str(job_dir),
+        **passthrough,
+    )
+    return trainer, checkpoint, counter
+
+
+def _peak_memory_mb() -> float:
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _run_tags(cfg: DictConfig, data_name: str, parent_run_id: str | None) -> dict[str, str]:
+    from trainwise import strategies
+    from trainwise.provenance import code_and_versions
+
+    tree = to_container(cfg)
+    identity = {k: v for k, v in tree.items() if k not in ("tracking", "resume")}
+    tags = {
+        "trainwise.strategy": cfg.strategy.name,
+        "trainwise.model": cfg.model.name,
+        "trainwise.dataset": data_name,
+        "trainwise.role": "job",
+        "trainwise.config_hash": config_hash(identity),
+        **code_and_versions(),
+    }
+    if cfg.strategy.data == "source":
+        tags["trainwise.foundation_hash"] = strategies.foundation_hash(cfg)
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    return tags
+
+
+def _log_config(tracked, cfg: DictConfig, ctx: JobContext) -> None:
+    tracked.log_params(flatten(to_container(cfg)))
+    tracked.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
+    tracked.log_text(OmegaConf.to_yaml(OmegaConf.create(list(ctx.overrides))), "config/overrides.yaml")
+    if ctx.hydra_yaml is not None and ctx.hydra_yaml.is_file():
+        tracked.log_artifact(ctx.hydra_yaml, "config")
+
+
+def _print_finished(cfg: DictConfig, run_id: str, experiment_id: str, metrics: dict[str, float]) -> None:
+    from trainwise.tracking.store import runs_table_url
+
+    print(
+        f"{cfg.strategy.name}: test/acc {metrics['test/acc']:.4f}  test/loss {metrics['test/loss']:.4f}  "
+        f"fit {metrics['cost/fit_seconds']:.1f}s  (MLflow run {run_id})\n"
+        f"  See the runs: `make ui` or `trainwise ui`, then {runs_table_url(experiment_id)}",
+        flush=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hydra entry point
+
+
+def task(cfg: DictConfig) -> float | None:
+    """The Hydra task function: one job of a run or a sweep. Returns best val/acc (the sweeper's objective)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    job_dir = Path(hydra_cfg.runtime.output_dir)
+    ctx = JobContext(
+        job_dir=job_dir,
+        overrides=list(hydra_cfg.overrides.task),
+        hydra_yaml=job_dir / str(hydra_cfg.output_subdir) / "hydra.yaml" if hydra_cfg.output_subdir else None,
+    )
+    sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        result = run(cfg, ctx)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        if not sweeping:
+            raise SystemExit(err.exit_code) from None
+        FAILED_JOBS.append(str(err))
+        return None
+    except Exception as err:
+        if not sweeping:
+            raise
+        # One failed job must not stop the sweep; its run is already FAILED with the error recorded.
+        log.exception("job %s failed", hydra_cfg.job.num)
+        FAILED_JOBS.append(f"{type(err).__name__}: {err}")
+        return None
+    return result.metrics.get("val/acc_best")
+
+
+def register_experiments() -> None:
+    """Put experiments/*.yaml in Hydra's `experiment` group (the folder ships beside conf/, not inside it)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for path in sorted(experiments_dir().glob("*.yaml")):
+        store.store(group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_")
+
+
+def hydra_main(args: list[str]) -> int:
+    register_experiments()
+    sys.argv = ["trainwise train", *args]
+    hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")(task)()
+    return 1 if FAILED_JOBS else 0
