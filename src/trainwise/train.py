@@ -134,9 +134,9 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store) -> RunResult:
         if checkpoint.best_model_score is not None:
             metrics["val/acc_best"] = float(checkpoint.best_model_score)
         tracked.log_metrics(metrics, step=trainer.global_step)
-        for path in (checkpoint.best_model_path, checkpoint.last_model_path):
-            if path:
-                tracked.log_artifact(path, "checkpoints")
+        for name in ("best.ckpt", "last.ckpt"):
+            if (Path(checkpoint.dirpath) / name).is_file():
+                tracked.log_artifact(Path(checkpoint.dirpath) / name, "checkpoints")
     _print_finished(cfg, tracked.run_id, experiment_id, metrics)
     return RunResult(tracked.run_id, experiment_id, metrics)
 

@@ -96,6 +96,10 @@ class RunLogger(MLFlowLogger):
             run_id=tracked.run_id,
             synchronous=False,
         )
+        # Bound to an existing run: skip Lightning's lazy lookup, which calls mlflow.set_tracking_uri and so (in
+        # MLflow 3) sets MLFLOW_TRACKING_URI for the whole process, leaking this store into later runs.
+        self._experiment_id = tracked.experiment_id
+        self._initialized = True
 
     def log_hyperparams(self, params) -> None:
         pass

@@ -1,0 +1,49 @@
+"""Shared fixtures: a real temporary MLflow SQLite store and composed configs (no mocks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from trainwise.paths import conf_dir
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_cache(tmp_path_factory):
+    """Generated datasets are cached once per test session, outside the user's home."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TRAINWISE_CACHE", str(tmp_path_factory.mktemp("cache")))
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    mp.undo()
+
+
+def compose_config(*overrides: str):
+    from trainwise.train import register_experiments
+
+    register_experiments()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.fixture
+def store_uri(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def mlflow_client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def run_job(tmp_path: Path, store_uri: str, *overrides: str):
+    """One run in-process, the way the Hydra task runs it."""
+    from trainwise.train import JobContext, run
+
+    cfg = compose_config("profile=smoke", f"tracking.uri={store_uri}", *overrides)
+    return run(cfg, JobContext(job_dir=tmp_path / "job", overrides=list(overrides)))

@@ -1,0 +1,84 @@
+"""Composition: every option of every group composes; bad overrides end in one line with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import compose_config
+
+from trainwise.config import config_hash, flatten, validate
+from trainwise.paths import conf_dir, experiments_dir
+
+GROUPS = sorted(p.name for p in conf_dir().iterdir() if p.is_dir())
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "group,option", [(g, o) for g in GROUPS for o in _options(g)] + [("experiment", p.stem) for p in experiments_dir().glob("*.yaml")]
+)
+def test_every_option_of_every_group_composes(group, option):
+    cfg = compose_config(f"{group}={option}")
+    validate(cfg)
+    if group in ("model", "dataset", "source", "strategy", "accelerator", "scheduler"):
+        assert cfg[group].name  # every option says what it is
+
+
+def test_groups_named_in_the_design_exist():
+    for group in ("model", "dataset", "source", "strategy", "accelerator", "optimizer", "scheduler", "tracking", "profile"):
+        assert group in GROUPS
+    assert {"mlp", "small_cnn", "timm", "resnet18"} <= set(_options("model"))
+    assert {"scratch", "full", "finetune"} == set(_options("strategy"))
+    assert set(_options("source")) == set(_options("dataset"))  # the two slots take the same options
+
+
+def test_defaults_match_the_design():
+    cfg = compose_config()
+    assert (cfg.strategy.name, cfg.model.name, cfg.dataset.name, cfg.source.name) == ("scratch", "small_cnn", "digits", "glyphs")
+    assert cfg.seed == 0 and cfg.tracking.uri == "sqlite:///mlflow.db"
+
+
+def test_params_are_flattened_with_dotted_keys():
+    flat = flatten({"optimizer": {"lr": 0.1, "betas": [0.9, 0.99]}, "seed": 0})
+    assert flat == {"optimizer.lr": 0.1, "optimizer.betas": [0.9, 0.99], "seed": 0}
+
+
+def test_config_hash_ignores_data_loading_knobs_only():
+    base = {"dataset": {"name": "digits", "num_workers": 0}, "seed": 0}
+    assert config_hash(base) == config_hash({"dataset": {"name": "digits", "num_workers": 4}, "seed": 0})
+    assert config_hash(base) != config_hash({"dataset": {"name": "digits", "num_workers": 0}, "seed": 1})
+
+
+def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "trainwise", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["train", "model=smal_cnn"], "Did you mean small_cnn"),
+        (["train", "-m", "strategy=scratch,fulll"], "Did you mean full"),
+        (["train", "dataset.train_fraction=1.5"], "dataset.train_fraction"),
+        (["train", "dataset.batch_size=0"], "dataset.batch_size"),
+        (["train", "trainer.max_epochs=-1"], "trainer.max_epochs"),
+        (["train", "optimizer.lr=fast"], "optimizer.lr"),
+        (["train", "strategy=finetune", "strategy.freeze=head"], "strategy.freeze"),
+        (["bogus"], "unknown command"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, expected):
+    result = _cli(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was recorded
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from trainwise.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\nprint('torch' in sys.modules, 'mlflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().splitlines()[-1] == "False False"

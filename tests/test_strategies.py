@@ -1,0 +1,116 @@
+"""Each strategy end to end on profile=smoke, checked against the MLflow contract in DESIGN.md."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import compose_config, mlflow_client, run_job
+
+from trainwise.strategies import foundation_hash
+
+EPOCH_METRICS = {"train/loss", "val/loss", "val/acc"}
+FINAL_METRICS = {
+    "test/loss",
+    "test/acc",
+    "cost/fit_seconds",
+    "cost/samples_per_second",
+    "cost/peak_memory_mb",
+    "model/params_total",
+    "model/params_trainable",
+}
+
+
+def _assert_contract(client, run_id: str, strategy: str, dataset: str):
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == f"{strategy}-small_cnn-{dataset}"
+    tags = run.data.tags
+    assert tags["trainwise.strategy"] == strategy
+    assert tags["trainwise.model"] == "small_cnn"
+    assert tags["trainwise.dataset"] == dataset
+    assert tags["trainwise.role"] == "job"
+    assert len(tags["trainwise.config_hash"]) == 16
+    assert tags["trainwise.version.torch"] == torch.__version__.split("+")[0] or tags["trainwise.version.torch"]
+    params = run.data.params
+    assert params["strategy.name"] == strategy
+    assert params["optimizer.lr"] and params["dataset.train_fraction"] and params["seed"]
+    assert (EPOCH_METRICS | FINAL_METRICS) <= set(run.data.metrics)
+    assert len(client.get_metric_history(run_id, "val/acc")) >= 1
+    config = {a.path for a in client.list_artifacts(run_id, "config")}
+    assert {"config/config.yaml", "config/overrides.yaml"} <= config
+    checkpoints = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
+    assert checkpoints == {"checkpoints/best.ckpt", "checkpoints/last.ckpt"}
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    return run
+
+
+def test_scratch_records_the_whole_contract(tmp_path, store_uri):
+    result = run_job(tmp_path, store_uri, "strategy=scratch")
+    client = mlflow_client(store_uri)
+    run = _assert_contract(client, result.run_id, "scratch", "digits")
+    assert run.data.metrics["model/params_trainable"] == run.data.metrics["model/params_total"]
+    text = client.download_artifacts(result.run_id, "config/config.yaml", str(tmp_path))
+    assert "name: scratch" in open(text).read()
+
+
+def test_full_trains_on_the_source_with_the_foundation_budget(tmp_path, store_uri):
+    result = run_job(tmp_path, store_uri, "strategy=full", "foundation.lr=0.003")
+    run = _assert_contract(mlflow_client(store_uri), result.run_id, "full", "glyphs")
+    assert run.data.params["optimizer.lr"] == "0.003"  # the foundation's LR, not optimizer.lr's default
+    assert run.data.params["data.num_classes"] == "62"
+    assert run.data.tags["trainwise.foundation_hash"] == foundation_hash(compose_config("profile=smoke", "strategy=full", "foundation.lr=0.003"))
+
+
+def test_finetune_auto_trains_a_foundation_once_then_reuses_it(tmp_path, store_uri):
+    client = mlflow_client(store_uri)
+    first = run_job(tmp_path / "a", store_uri, "strategy=finetune")
+    _assert_contract(client, first.run_id, "finetune", "digits")
+    full_runs = client.search_runs(["1"], "tags.`trainwise.strategy` = 'full'")
+    assert len(full_runs) == 1 and full_runs[0].info.status == "FINISHED"
+    foundation_run = full_runs[0].info.run_id
+    assert client.get_run(first.run_id).data.tags["trainwise.foundation_run"] == foundation_run
+
+    second = run_job(tmp_path / "b", store_uri, "strategy=finetune", "seed=1")
+    assert client.get_run(second.run_id).data.tags["trainwise.foundation_run"] == foundation_run
+    assert len(client.search_runs(["1"], "tags.`trainwise.strategy` = 'full'")) == 1
+
+    # Different foundation settings: no match, so a new foundation is trained.
+    third = run_job(tmp_path / "c", store_uri, "strategy=finetune", "foundation.lr=0.01")
+    assert client.get_run(third.run_id).data.tags["trainwise.foundation_run"] != foundation_run
+    assert len(client.search_runs(["1"], "tags.`trainwise.strategy` = 'full'")) == 2
+
+
+def test_finetune_from_a_runs_uri_and_a_local_file(tmp_path, store_uri):
+    client = mlflow_client(store_uri)
+    full = run_job(tmp_path / "full", store_uri, "strategy=full")
+    from_uri = run_job(tmp_path / "u", store_uri, "strategy=finetune", f"strategy.pretrained=runs:/{full.run_id}/checkpoints/best.ckpt")
+    assert client.get_run(from_uri.run_id).data.tags["trainwise.foundation_run"] == full.run_id
+    local = client.download_artifacts(full.run_id, "checkpoints/last.ckpt", str(tmp_path))
+    from_file = run_job(tmp_path / "f", store_uri, "strategy=finetune", f"strategy.pretrained={local}")
+    assert client.get_run(from_file.run_id).data.tags["trainwise.foundation_run"] == local
+
+
+def test_a_crash_ends_the_run_failed_with_the_error(tmp_path, store_uri, monkeypatch):
+    from trainwise.module import ClassificationModule
+
+    def broken_step(self, batch, batch_idx):
+        raise RuntimeError("simulated crash in training_step")
+
+    monkeypatch.setattr(ClassificationModule, "training_step", broken_step)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_job(tmp_path, store_uri, "strategy=scratch")
+    client = mlflow_client(store_uri)
+    (run,) = client.search_runs(["1"])
+    assert run.info.status == "FAILED"
+    assert "simulated crash" in run.data.tags["trainwise.error"]
+    assert "error.txt" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_a_bad_pretrained_path_fails_cleanly(tmp_path, store_uri):
+    from trainwise.errors import UserError
+
+    with pytest.raises(UserError, match="no such file"):
+        run_job(tmp_path, store_uri, "strategy=finetune", f"strategy.pretrained={tmp_path / 'missing.ckpt'}")
+    (run,) = mlflow_client(store_uri).search_runs(["1"])
+    assert run.info.status == "FAILED"  # never FINISHED, never left RUNNING
