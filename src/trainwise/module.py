@@ -31,6 +31,10 @@ class ClassificationModule(pl.LightningModule):
         self.scheduler_cfg = scheduler_cfg
         self.param_groups = param_groups
         self.frozen = frozen
+        # Lightning records each submodule's train/eval mode when fitting starts and restores it around
+        # validation, so frozen parts must already be in eval mode here, not only when train() is called.
+        for module in frozen:
+            module.eval()
         self.checkpoint_meta = checkpoint_meta
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
