@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import compose_config
 
+from conftest import compose_config
 from trainwise.config import config_hash, flatten, validate
 from trainwise.paths import conf_dir, experiments_dir
 
@@ -19,7 +19,8 @@ def _options(group: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "group,option", [(g, o) for g in GROUPS for o in _options(g)] + [("experiment", p.stem) for p in experiments_dir().glob("*.yaml")]
+    "group,option",
+    [(g, o) for g in GROUPS for o in _options(g)] + [("experiment", p.stem) for p in experiments_dir().glob("*.yaml")],
 )
 def test_every_option_of_every_group_composes(group, option):
     cfg = compose_config(f"{group}={option}")
@@ -29,7 +30,17 @@ def test_every_option_of_every_group_composes(group, option):
 
 
 def test_groups_named_in_the_design_exist():
-    for group in ("model", "dataset", "source", "strategy", "accelerator", "optimizer", "scheduler", "tracking", "profile"):
+    for group in (
+        "model",
+        "dataset",
+        "source",
+        "strategy",
+        "accelerator",
+        "optimizer",
+        "scheduler",
+        "tracking",
+        "profile",
+    ):
         assert group in GROUPS
     assert {"mlp", "small_cnn", "timm", "resnet18"} <= set(_options("model"))
     assert {"scratch", "full", "finetune"} == set(_options("strategy"))
@@ -38,7 +49,12 @@ def test_groups_named_in_the_design_exist():
 
 def test_defaults_match_the_design():
     cfg = compose_config()
-    assert (cfg.strategy.name, cfg.model.name, cfg.dataset.name, cfg.source.name) == ("scratch", "small_cnn", "digits", "glyphs")
+    assert (cfg.strategy.name, cfg.model.name, cfg.dataset.name, cfg.source.name) == (
+        "scratch",
+        "small_cnn",
+        "digits",
+        "glyphs",
+    )
     assert cfg.seed == 0 and cfg.tracking.uri == "sqlite:///mlflow.db"
 
 
@@ -54,7 +70,9 @@ def test_config_hash_ignores_data_loading_knobs_only():
 
 
 def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trainwise", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "trainwise", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
 
 
 @pytest.mark.parametrize(
@@ -79,6 +97,9 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, expected):
 
 
 def test_help_does_not_import_torch():
-    code = "import sys; from trainwise.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\nprint('torch' in sys.modules, 'mlflow' in sys.modules)"
+    code = (
+        "import sys\nfrom trainwise.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
+        "print('torch' in sys.modules, 'mlflow' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip().splitlines()[-1] == "False False"

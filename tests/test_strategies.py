@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose_config, mlflow_client, run_job
 
+from conftest import compose_config, mlflow_client, run_job
 from trainwise.strategies import foundation_hash
 
 EPOCH_METRICS = {"train/loss", "val/loss", "val/acc"}
@@ -59,7 +59,9 @@ def test_full_trains_on_the_source_with_the_foundation_budget(tmp_path, store_ur
     run = _assert_contract(mlflow_client(store_uri), result.run_id, "full", "glyphs")
     assert run.data.params["optimizer.lr"] == "0.003"  # the foundation's LR, not optimizer.lr's default
     assert run.data.params["data.num_classes"] == "62"
-    assert run.data.tags["trainwise.foundation_hash"] == foundation_hash(compose_config("profile=smoke", "strategy=full", "foundation.lr=0.003"))
+    assert run.data.tags["trainwise.foundation_hash"] == foundation_hash(
+        compose_config("profile=smoke", "strategy=full", "foundation.lr=0.003")
+    )
 
 
 def test_finetune_auto_trains_a_foundation_once_then_reuses_it(tmp_path, store_uri):
@@ -84,7 +86,9 @@ def test_finetune_auto_trains_a_foundation_once_then_reuses_it(tmp_path, store_u
 def test_finetune_from_a_runs_uri_and_a_local_file(tmp_path, store_uri):
     client = mlflow_client(store_uri)
     full = run_job(tmp_path / "full", store_uri, "strategy=full")
-    from_uri = run_job(tmp_path / "u", store_uri, "strategy=finetune", f"strategy.pretrained=runs:/{full.run_id}/checkpoints/best.ckpt")
+    from_uri = run_job(
+        tmp_path / "u", store_uri, "strategy=finetune", f"strategy.pretrained=runs:/{full.run_id}/checkpoints/best.ckpt"
+    )
     assert client.get_run(from_uri.run_id).data.tags["trainwise.foundation_run"] == full.run_id
     local = client.download_artifacts(full.run_id, "checkpoints/last.ckpt", str(tmp_path))
     from_file = run_job(tmp_path / "f", store_uri, "strategy=finetune", f"strategy.pretrained={local}")

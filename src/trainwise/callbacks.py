@@ -21,5 +21,7 @@ class EpochLines(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         # Lightning validates before this hook, so the epoch's val metrics are ready here.
         shown = ("train/loss", "val/loss", "val/acc")
-        values = "  ".join(f"{k} {float(trainer.callback_metrics[k]):.4f}" for k in shown if k in trainer.callback_metrics)
+        values = "  ".join(
+            f"{k} {float(trainer.callback_metrics[k]):.4f}" for k in shown if k in trainer.callback_metrics
+        )
         print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {values}", flush=True)

@@ -48,7 +48,9 @@ def _ui(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="trainwise ui", description="Open the MLflow UI on the tracking store.")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=5000)
-    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
+    parser.add_argument(
+        "--tracking-uri", default="sqlite:///mlflow.db", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db"
+    )
     opts = parser.parse_args(args)
 
     import subprocess

@@ -87,7 +87,9 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store) -> RunResult:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = build_datamodule(data_cfg, cfg.seed, foundation.input_shape if foundation else None)
         sizes = datamodule.sizes()
-        tracked.log_params({f"data.{k}_size": v for k, v in sizes.items()} | {"data.num_classes": datamodule.num_classes})
+        tracked.log_params(
+            {f"data.{k}_size": v for k, v in sizes.items()} | {"data.num_classes": datamodule.num_classes}
+        )
 
         # Model: backbone + a new head for this data's classes; then what the strategy freezes.
         channels, image_size = datamodule.input_shape

@@ -34,12 +34,16 @@ def load_weights_file(path: Path) -> tuple[dict, dict]:
     import torch
 
     if not path.is_file():
-        raise UserError(f"strategy.pretrained={str(path)!r}: no such file; give a .ckpt/.pt/.pth file, runs:/... or auto")
+        raise UserError(
+            f"strategy.pretrained={str(path)!r}: no such file; give a .ckpt/.pt/.pth file, runs:/... or auto"
+        )
     try:
         # weights_only: a checkpoint from elsewhere must not be able to run code when loaded.
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any load failure means "not a usable checkpoint"
-        raise UserError(f"strategy.pretrained={str(path)!r} is not a readable checkpoint: {err}".splitlines()[0]) from None
+        raise UserError(
+            f"strategy.pretrained={str(path)!r} is not a readable checkpoint: {err}".splitlines()[0]
+        ) from None
     if not isinstance(payload, dict):
         raise UserError(f"strategy.pretrained={str(path)!r} does not hold a state dict")
     meta = payload.get("trainwise", {}) if isinstance(payload.get("trainwise"), dict) else {}
