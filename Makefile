@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/trainwise train -m strategy=scratch,full,finetune
+	$(BIN)/trainwise train experiment=compare
 	@echo "Open the runs: make ui"
 
 test: $(STAMP)

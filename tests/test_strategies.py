@@ -55,12 +55,12 @@ def test_scratch_records_the_whole_contract(tmp_path, store_uri):
 
 
 def test_full_trains_on_the_source_with_the_foundation_budget(tmp_path, store_uri):
-    result = run_job(tmp_path, store_uri, "strategy=full", "foundation.lr=0.003")
+    result = run_job(tmp_path, store_uri, "strategy=full", "foundation.optimizer.lr=0.003")
     run = _assert_contract(mlflow_client(store_uri), result.run_id, "full", "glyphs")
     assert run.data.params["optimizer.lr"] == "0.003"  # the foundation's LR, not optimizer.lr's default
     assert run.data.params["data.num_classes"] == "62"
     assert run.data.tags["trainwise.foundation_hash"] == foundation_hash(
-        compose_config("profile=smoke", "strategy=full", "foundation.lr=0.003")
+        compose_config("profile=smoke", "strategy=full", "foundation.optimizer.lr=0.003")
     )
 
 
@@ -78,7 +78,7 @@ def test_finetune_auto_trains_a_foundation_once_then_reuses_it(tmp_path, store_u
     assert len(client.search_runs(["1"], "tags.`trainwise.strategy` = 'full'")) == 1
 
     # Different foundation settings: no match, so a new foundation is trained.
-    third = run_job(tmp_path / "c", store_uri, "strategy=finetune", "foundation.lr=0.01")
+    third = run_job(tmp_path / "c", store_uri, "strategy=finetune", "foundation.optimizer.lr=0.01")
     assert client.get_run(third.run_id).data.tags["trainwise.foundation_run"] != foundation_run
     assert len(client.search_runs(["1"], "tags.`trainwise.strategy` = 'full'")) == 2
 

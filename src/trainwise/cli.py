@@ -14,6 +14,8 @@ or fine-tune a pretrained model. Every run lands in MLflow.
 commands:
   train [overrides]   one run; -m sweeps, e.g.  trainwise train -m strategy=scratch,full,finetune
                       (`trainwise train --help` lists the config groups and their options)
+  report [--sweep RUN_ID | --experiment NAME] [--out DIR]
+                      the comparison table and plots, rebuilt from MLflow (default: the newest sweep)
   ui                  the MLflow UI for the configured store, on 127.0.0.1
 """
 
@@ -27,12 +29,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if command == "train":
             raise SystemExit(_train(args))
+        if command == "report":
+            raise SystemExit(_report(args))
         if command == "ui":
             raise SystemExit(_ui(args))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
-    print(f"error: unknown command {command!r}; commands: train, ui (see trainwise --help)", file=sys.stderr)
+    print(f"error: unknown command {command!r}; commands: train, report, ui (see trainwise --help)", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -42,6 +46,38 @@ def _train(args: list[str]) -> int:
 
     check_overrides(args)
     return hydra_main(args)
+
+
+def _report(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="trainwise report", description="Compare the runs of a sweep or experiment.")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--sweep", metavar="PARENT_RUN_ID", help="a sweep's parent run (default: the newest sweep)")
+    which.add_argument("--experiment", metavar="NAME", help="every trainwise run of an MLflow experiment")
+    parser.add_argument("--out", default="trainwise-report", help="folder for report.md, report.html and the PNGs")
+    parser.add_argument(
+        "--tracking-uri", default="sqlite:///mlflow.db", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db"
+    )
+    opts = parser.parse_args(args)
+
+    from pathlib import Path
+
+    from trainwise.report import build_report
+    from trainwise.tracking import open_store
+
+    store = open_store(opts.tracking_uri)
+    sweep = opts.sweep
+    if not sweep and not opts.experiment:
+        sweeps = store.client.search_runs(
+            [e.experiment_id for e in store.client.search_experiments()],
+            "tags.`trainwise.role` = 'sweep'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not sweeps:
+            raise UserError(f"no sweep in {store.uri}; give --experiment NAME or run `trainwise train -m ...` first")
+        sweep = sweeps[0].info.run_id
+    build_report(store, sweep_run_id=sweep, experiment=opts.experiment, out_dir=Path(opts.out)).print()
+    return 0
 
 
 def _ui(args: list[str]) -> int:

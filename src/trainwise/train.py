@@ -52,6 +52,10 @@ def run(cfg: DictConfig, ctx: JobContext) -> RunResult:
     validate(cfg)
     cfg = strategies.effective_config(cfg)
     store = open_store(cfg.tracking.uri)
+    if cfg.sweep.skip_finished:
+        done = _finished_twin(cfg, store, ctx.parent_run_id)
+        if done is not None:
+            return done
     lock = _foundation_lock(store, strategies.foundation_hash(cfg)) if cfg.strategy.data == "source" else nullcontext()
     with lock:
         return _train_and_log(cfg, ctx, store)
@@ -143,6 +147,26 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store) -> RunResult:
     return RunResult(tracked.run_id, experiment_id, metrics)
 
 
+def _finished_twin(cfg: DictConfig, store, parent_run_id: str | None) -> RunResult | None:
+    """sweep.skip_finished: a FINISHED run of the same config in the experiment stands in for this job."""
+    from trainwise.tracking import find_finished_run
+
+    experiment_id = store.experiment_id(cfg.tracking.experiment)
+    twin = find_finished_run(store, experiment_id, config_hash(_identity(cfg)))
+    if twin is None:
+        return None
+    if parent_run_id:
+        # The report of this sweep covers the reused run too.
+        store.client.set_tag(parent_run_id, f"trainwise.reused.{twin.info.run_id}", "true")
+    print(f"{cfg.strategy.name}: skipped, finished run {twin.info.run_id} has the same config", flush=True)
+    return RunResult(twin.info.run_id, experiment_id, dict(twin.data.metrics))
+
+
+def _identity(cfg: DictConfig) -> dict:
+    """The config keys that define what a run computes (not where it is tracked or how it was launched)."""
+    return {k: v for k, v in to_container(cfg).items() if k not in ("tracking", "resume", "sweep")}
+
+
 def _find_or_train_foundation(cfg: DictConfig, ctx: JobContext, store, finetune_run_id: str) -> str:
     """pretrained=auto: the newest finished full run with this foundation hash, else train it now (locked)."""
     from trainwise import strategies
@@ -232,14 +256,12 @@ def _run_tags(cfg: DictConfig, data_name: str, parent_run_id: str | None) -> dic
     from trainwise import strategies
     from trainwise.provenance import code_and_versions
 
-    tree = to_container(cfg)
-    identity = {k: v for k, v in tree.items() if k not in ("tracking", "resume")}
     tags = {
         "trainwise.strategy": cfg.strategy.name,
         "trainwise.model": cfg.model.name,
         "trainwise.dataset": data_name,
         "trainwise.role": "job",
-        "trainwise.config_hash": config_hash(identity),
+        "trainwise.config_hash": config_hash(_identity(cfg)),
         **code_and_versions(),
     }
     if cfg.strategy.data == "source":
@@ -285,6 +307,10 @@ def task(cfg: DictConfig) -> float | None:
         hydra_yaml=job_dir / str(hydra_cfg.output_subdir) / "hydra.yaml" if hydra_cfg.output_subdir else None,
     )
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    if sweeping:
+        from trainwise.sweep import active_sweep_run
+
+        ctx.parent_run_id = active_sweep_run()
     try:
         result = run(cfg, ctx)
     except UserError as err:
@@ -313,7 +339,15 @@ def register_experiments() -> None:
 
 
 def hydra_main(args: list[str]) -> int:
+    from trainwise.sweep import finish_sweep
+
     register_experiments()
     sys.argv = ["trainwise train", *args]
-    hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")(task)()
+    try:
+        hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")(task)()
+    except KeyboardInterrupt:
+        finish_sweep(interrupted=True)
+        raise
+    finally:
+        finish_sweep()  # no-op when Hydra's on_multirun_end already ended the sweep
     return 1 if FAILED_JOBS else 0

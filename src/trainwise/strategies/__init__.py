@@ -3,7 +3,7 @@
 | strategy | weights start from        | what trains                         | data slot | budget, LR, seed        |
 |----------|---------------------------|-------------------------------------|-----------|-------------------------|
 | scratch  | random init               | everything                          | dataset   | trainer, optimizer, seed |
-| full     | random init               | everything                          | source    | the `foundation` node   |
+| full     | random init               | everything                          | source    | the `foundation` node    |
 | finetune | `strategy.pretrained`     | head + what `strategy.freeze` leaves | dataset   | trainer, optimizer, seed |
 
 The strategy config files carry these decisions as data (`strategy.data`, `strategy.weights`,
@@ -18,18 +18,19 @@ from trainwise.config import config_hash, to_container
 from trainwise.paths import conf_dir
 
 # What identifies a foundation: a fine-tune with pretrained=auto reuses a full run only if all of these match.
-FOUNDATION_KEYS = ("model", "source", "foundation", "optimizer", "scheduler", "trainer")
+FOUNDATION_KEYS = ("model", "source", "foundation", "trainer", "min_train_steps")
 
 
 def effective_config(cfg: DictConfig) -> DictConfig:
-    """The config a run really trains with: a `full` run takes the foundation's budget, LR and seed,
-    because one foundation serves many fine-tunes (other seeds, other fractions of the target data)."""
+    """The config a run really trains with: a `full` run takes the foundation's budget, optimizer, scheduler
+    and seed, because one foundation serves many fine-tunes (other seeds, data fractions, learning rates)."""
     if cfg.strategy.data != "source":
         return cfg
     cfg = cfg.copy()
     OmegaConf.set_struct(cfg, False)
     cfg.trainer.max_epochs = cfg.foundation.max_epochs
-    cfg.optimizer.lr = cfg.foundation.lr
+    cfg.optimizer = cfg.foundation.optimizer
+    cfg.scheduler = cfg.foundation.scheduler
     cfg.seed = cfg.foundation.seed
     return cfg
 

@@ -17,3 +17,14 @@ def find_foundation_run(store, foundation_hash: str):
         max_results=1,
     )
     return runs[0] if runs else None
+
+
+def find_finished_run(store, experiment_id: str, config_hash: str):
+    """The newest FINISHED job run of the experiment with this config hash."""
+    runs = store.client.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`trainwise.config_hash` = '{config_hash}' AND attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None

@@ -1,0 +1,85 @@
+"""Read a sweep or an experiment back from MLflow: the runs, their histories and their foundations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trainwise.errors import UserError
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    status: str
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]
+    start_ms: int
+    val_acc: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, val/acc) per epoch
+    foundation_seconds: float | None = None  # fit time of the full run a fine-tune started from
+
+    @property
+    def strategy(self) -> str:
+        return self.tags.get("trainwise.strategy", "?")
+
+    @property
+    def failed(self) -> bool:
+        return self.status != "FINISHED"
+
+
+def _record(client, run, with_history: bool) -> RunRecord:
+    record = RunRecord(
+        run_id=run.info.run_id,
+        status=run.info.status,
+        tags=dict(run.data.tags),
+        params=dict(run.data.params),
+        metrics=dict(run.data.metrics),
+        start_ms=run.info.start_time,
+    )
+    if with_history and not record.failed:
+        history = sorted(client.get_metric_history(run.info.run_id, "val/acc"), key=lambda m: (m.step, m.timestamp))
+        record.val_acc = [((m.timestamp - run.info.start_time) / 1000.0, m.value) for m in history]
+    return record
+
+
+def collect_runs(store, sweep_run_id: str | None = None, experiment: str | None = None) -> tuple[list[RunRecord], str]:
+    """Job runs of a sweep (its children, plus finished runs it reused) or of a whole experiment.
+    Returns the records and the experiment id."""
+    client = store.client
+    if sweep_run_id:
+        try:
+            parent = client.get_run(sweep_run_id)
+        except Exception:  # noqa: BLE001
+            raise UserError(f"--sweep {sweep_run_id}: no such run in {store.uri}") from None
+        experiment_id = parent.info.experiment_id
+        runs = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{sweep_run_id}'", max_results=5000)
+        reused = [k.split(".", 2)[2] for k in parent.data.tags if k.startswith("trainwise.reused.")]
+        runs += [client.get_run(run_id) for run_id in reused if run_id not in {r.info.run_id for r in runs}]
+    else:
+        found = client.get_experiment_by_name(experiment or "")
+        if found is None:
+            names = ", ".join(e.name for e in client.search_experiments())
+            raise UserError(f"--experiment {experiment!r}: no such experiment in {store.uri}; there are: {names}")
+        experiment_id = found.experiment_id
+        runs = client.search_runs([experiment_id], "tags.`trainwise.role` = 'job'", max_results=5000)
+    records = [_record(client, run, with_history=True) for run in runs if run.data.tags.get("trainwise.role") == "job"]
+    if not records:
+        raise UserError("no trainwise runs to report on there yet; run `trainwise train -m ...` first")
+    _attach_foundation_costs(client, records)
+    records.sort(key=lambda r: r.start_ms)
+    return records, experiment_id
+
+
+def _attach_foundation_costs(client, records: list[RunRecord]) -> None:
+    known = {r.run_id: r for r in records}
+    for record in records:
+        foundation = record.tags.get("trainwise.foundation_run")
+        if not foundation:
+            continue
+        if foundation in known:
+            record.foundation_seconds = known[foundation].metrics.get("cost/fit_seconds")
+            continue
+        try:
+            record.foundation_seconds = client.get_run(foundation).data.metrics.get("cost/fit_seconds")
+        except Exception:  # noqa: BLE001 - a local file or a deleted run: the cost is unknown
+            record.foundation_seconds = None

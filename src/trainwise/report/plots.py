@@ -1,0 +1,101 @@
+"""The report's figures (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from trainwise.report.collect import RunRecord
+from trainwise.report.table import Row
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def draw_all(rows: list[Row], records: list[RunRecord], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [_val_acc_curves(rows, out_dir), _accuracy_vs_cost(rows, out_dir)]
+    fractions = {r.key[3] for r in rows if r.key[3] is not None}
+    if len(fractions) > 1:
+        paths.append(_data_efficiency(rows, out_dir))
+    return paths
+
+
+def _val_acc_curves(rows: list[Row], out_dir: Path) -> Path:
+    plt = _pyplot()
+    fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(11, 4))
+    for index, row in enumerate(rows):
+        color = f"C{index % 10}"
+        for n, run in enumerate(row.runs):
+            if not run.val_acc:
+                continue
+            seconds, acc = zip(*run.val_acc, strict=True)
+            label = row.label if n == 0 else None
+            by_epoch.plot(range(1, len(acc) + 1), acc, color=color, alpha=0.8, label=label)
+            by_time.plot(seconds, acc, color=color, alpha=0.8, label=label)
+    by_epoch.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy per epoch")
+    by_time.set(xlabel="seconds since the run started", ylabel="validation accuracy", title="... per wall-clock second")
+    by_epoch.legend(fontsize=8)
+    fig.tight_layout()
+    path = out_dir / "val_acc.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _accuracy_vs_cost(rows: list[Row], out_dir: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for index, row in enumerate(rows):
+        fit = row.mean("cost/fit_seconds") or 0.0
+        acc = row.mean("test/acc") or 0.0
+        ax.scatter([fit], [acc], color=f"C{index % 10}", label=row.label)
+        if row.foundation_seconds is not None:
+            ax.scatter([fit + row.foundation_seconds], [acc], color=f"C{index % 10}", marker="x")
+            ax.annotate(
+                "",
+                xy=(fit + row.foundation_seconds, acc),
+                xytext=(fit, acc),
+                arrowprops={"arrowstyle": "->", "alpha": 0.4},
+            )
+    ax.set(xlabel="training seconds (x: with pretraining)", ylabel="test accuracy", title="Accuracy vs cost")
+    ax.set_xscale("symlog")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out_dir / "accuracy_vs_cost.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _data_efficiency(rows: list[Row], out_dir: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    strategies = sorted({r.key[0] for r in rows if r.key[3] is not None})
+    for index, strategy in enumerate(strategies):
+        points = sorted(
+            (float(r.param("data.train_size")), r.values("test/acc"))
+            for r in rows
+            if r.key[0] == strategy and r.key[3] is not None
+        )
+        sizes = [p[0] for p in points]
+        means = [statistics.fmean(p[1]) for p in points]
+        lows = [min(p[1]) for p in points]
+        highs = [max(p[1]) for p in points]
+        color = f"C{index % 10}"
+        ax.plot(sizes, means, marker="o", color=color, label=strategy)
+        ax.fill_between(sizes, lows, highs, color=color, alpha=0.2)
+    ax.set(xlabel="labelled target images", ylabel="test accuracy", title="Data efficiency (band: min-max over seeds)")
+    ax.set_xscale("log")
+    ax.legend()
+    fig.tight_layout()
+    path = out_dir / "data_efficiency.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,112 @@
+"""Sweeps as users run them: one parent run per sweep, failures contained, resumable, parallel, Optuna."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import mlflow_client
+
+
+def _train(cwd: Path, *args: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    command = [sys.executable, "-m", "trainwise", "train", *args, "profile=smoke"]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _runs(cwd: Path, role: str):
+    client = mlflow_client(f"sqlite:///{cwd / 'mlflow.db'}")
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return client, client.search_runs(ids, f"tags.`trainwise.role` = '{role}'", order_by=["attributes.start_time ASC"])
+
+
+def test_a_failing_job_fails_its_run_and_the_parent_but_not_the_others(tmp_path):
+    missing = tmp_path / "missing.ckpt"
+    result = _train(tmp_path, "-m", "strategy=scratch,finetune", f"++strategy.pretrained={missing}")
+    assert result.returncode == 1, result.stderr[-3000:]
+    client, (parent,) = _runs(tmp_path, "sweep")
+    assert parent.info.status == "FAILED"
+    _, jobs = _runs(tmp_path, "job")
+    by_strategy = {r.data.tags["trainwise.strategy"]: r for r in jobs}
+    assert by_strategy["scratch"].info.status == "FINISHED"
+    assert by_strategy["finetune"].info.status == "FAILED"
+    assert "missing.ckpt" in by_strategy["finetune"].data.tags["trainwise.error"]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in jobs)
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/report.html", "report/val_acc.png", "report/accuracy_vs_cost.png"} <= report
+    markdown = Path(client.download_artifacts(parent.info.run_id, "report/report.md", str(tmp_path))).read_text()
+    assert "did not finish" in markdown and "finetune" in markdown
+
+
+def test_compare_experiment_then_report_from_mlflow_alone(tmp_path):
+    result = _train(tmp_path, "experiment=compare")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Best test accuracy" in result.stdout  # the table and summary are printed at the end
+    client, (parent,) = _runs(tmp_path, "sweep")
+    assert parent.info.status == "FINISHED"
+    assert client.get_experiment(parent.info.experiment_id).name == "compare"
+    _, jobs = _runs(tmp_path, "job")
+    assert sorted(r.data.tags["trainwise.strategy"] for r in jobs) == ["finetune", "full", "scratch"]
+    assert parent.data.tags["trainwise.best_run"] in {r.info.run_id for r in jobs}
+
+    for args in (["--sweep", parent.info.run_id], ["--experiment", "compare"], []):
+        out = tmp_path / f"report{len(args)}"
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        rebuilt = subprocess.run(
+            [sys.executable, "-m", "trainwise", "report", *args, "--out", str(out)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+        markdown = (out / "report.md").read_text()
+        scratch = next(r for r in jobs if r.data.tags["trainwise.strategy"] == "scratch")
+        assert f"{scratch.data.metrics['test/acc']:.3f}" in markdown
+        html = (out / "report.html").read_text()
+        assert "data:image/png;base64," in html  # self-contained
+
+
+def test_skip_finished_reuses_runs_and_the_report_still_covers_them(tmp_path):
+    first = _train(tmp_path, "-m", "strategy=scratch,full", "sweep.skip_finished=true")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = _train(tmp_path, "-m", "strategy=scratch,full", "sweep.skip_finished=true")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("skipped, finished run") == 2
+    client, parents = _runs(tmp_path, "sweep")
+    _, jobs = _runs(tmp_path, "job")
+    assert len(jobs) == 2 and len(parents) == 2
+    reused = {k.split(".", 2)[2] for k in parents[1].data.tags if k.startswith("trainwise.reused.")}
+    assert reused == {r.info.run_id for r in jobs}
+    assert parents[1].info.status == "FINISHED"
+    markdown = Path(client.download_artifacts(parents[1].info.run_id, "report/report.md", str(tmp_path))).read_text()
+    assert "| scratch" in markdown and "| full" in markdown
+
+
+def test_joblib_parallel_jobs_on_sqlite_lose_nothing_and_share_one_foundation(tmp_path):
+    result = _train(
+        tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "strategy=scratch,full,finetune", "seed=0,1"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "database is locked" not in result.stderr
+    client, (parent,) = _runs(tmp_path, "sweep")
+    _, jobs = _runs(tmp_path, "job")
+    strategies = sorted(r.data.tags["trainwise.strategy"] for r in jobs)
+    # full ignores `seed` (a foundation has its own), so both full jobs train the same config: 2 runs,
+    # and no fine-tune trains a third.
+    assert strategies == ["finetune", "finetune", "full", "full", "scratch", "scratch"]
+    assert all(r.info.status == "FINISHED" for r in jobs) and parent.info.status == "FINISHED"
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in jobs)
+
+
+def test_optuna_sweep_records_the_best_trial_on_the_parent(tmp_path):
+    result = _train(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, (parent,) = _runs(tmp_path, "sweep")
+    _, jobs = _runs(tmp_path, "job")
+    finetunes = [r for r in jobs if r.data.tags["trainwise.strategy"] == "finetune"]
+    assert len(finetunes) == 3
+    assert len([r for r in jobs if r.data.tags["trainwise.strategy"] == "full"]) == 1  # one shared foundation
+    assert len({r.data.params["optimizer.lr"] for r in finetunes}) == 3  # the sweeper varied it
+    best = client.get_run(parent.data.tags["trainwise.best_run"])
+    assert best.data.metrics["val/acc_best"] == max(r.data.metrics["val/acc_best"] for r in jobs)
+    assert parent.data.metrics["best/val_acc"] == best.data.metrics["val/acc_best"]
