@@ -80,9 +80,7 @@ def _data_efficiency(rows: list[Row], out_dir: Path) -> Path:
     strategies = sorted({r.key[0] for r in rows if r.key[3] is not None})
     for index, strategy in enumerate(strategies):
         points = sorted(
-            (float(r.param("data.train_size")), r.values("test/acc"))
-            for r in rows
-            if r.key[0] == strategy and r.key[3] is not None
+            (r.train_size, r.values("test/acc")) for r in rows if r.key[0] == strategy and r.key[3] is not None
         )
         sizes = [p[0] for p in points]
         means = [statistics.fmean(p[1]) for p in points]

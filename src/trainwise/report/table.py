@@ -35,6 +35,11 @@ class Row:
         return self.runs[0].params.get(name, "?")
 
     @property
+    def train_size(self) -> int:
+        """Labelled training images (the same for every seed of a row)."""
+        return int(float(self.runs[0].params.get("data.train_size", "0")))
+
+    @property
     def foundation_seconds(self) -> float | None:
         values = [r.foundation_seconds for r in self.runs if r.foundation_seconds is not None]
         return statistics.fmean(values) if values else None
@@ -92,7 +97,7 @@ def table_cells(rows: list[Row]) -> list[list[str]]:
         cells.append(
             [
                 row.label,
-                f"{row.key[2]} ({int(float(row.param('data.train_size'))) if row.param('data.train_size') != '?' else '?'})",
+                f"{row.key[2]} ({row.train_size})",
                 WEIGHTS_FROM.get(row.param("strategy.weights"), row.param("strategy.weights")),
                 f"{int(trainable or 0):,} / {int(total or 0):,}",
                 f"{row.mean('cost/epochs') or 0:.0f}",
