@@ -25,3 +25,46 @@ class EpochLines(pl.Callback):
             f"{k} {float(trainer.callback_metrics[k]):.4f}" for k in shown if k in trainer.callback_metrics
         )
         print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {values}", flush=True)
+
+
+class GracefulStop(pl.Callback):
+    """SIGINT/SIGTERM during fit: finish the current batch and stop, so trainwise can log the last checkpoint and
+    end the MLflow run KILLED (Lightning's own Ctrl+C handling exits the process from inside `fit`).
+    A second Ctrl+C stops at once."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._trainer = None
+        self._previous: dict[int, object] = {}
+
+    def on_fit_start(self, trainer, pl_module):
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+        self._trainer = trainer
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def on_fit_end(self, trainer, pl_module):
+        self.teardown(trainer, pl_module, "fit")
+
+    def teardown(self, trainer, pl_module, stage):
+        import signal
+
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(
+            f"\nReceived {signal.Signals(signum).name}: stopping after this batch (Ctrl+C again: at once).", flush=True
+        )
+        if self._trainer is not None:
+            self._trainer.should_stop = True

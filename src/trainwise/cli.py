@@ -16,8 +16,12 @@ commands:
                       (`trainwise train --help` lists the config groups and their options)
   report [--sweep RUN_ID | --experiment NAME] [--out DIR]
                       the comparison table and plots, rebuilt from MLflow (default: the newest sweep)
+  reproduce RUN_ID    run a logged run again from its logged config; compare the metrics (exit 1 if they differ)
   ui                  the MLflow UI for the configured store, on 127.0.0.1
 """
+
+_TRACKING_HELP = "default: $MLFLOW_TRACKING_URI or ./mlflow.db"
+_COMMANDS = "train, report, reproduce, ui"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,12 +35,20 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(_train(args))
         if command == "report":
             raise SystemExit(_report(args))
+        if command == "reproduce":
+            raise SystemExit(_reproduce(args))
         if command == "ui":
             raise SystemExit(_ui(args))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
-    print(f"error: unknown command {command!r}; commands: train, report, ui (see trainwise --help)", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    print(
+        f"error: unknown command {command!r}; commands: train, report, reproduce, ui (see trainwise --help)",
+        file=sys.stderr,
+    )
     raise SystemExit(2)
 
 
@@ -54,9 +66,7 @@ def _report(args: list[str]) -> int:
     which.add_argument("--sweep", metavar="PARENT_RUN_ID", help="a sweep's parent run (default: the newest sweep)")
     which.add_argument("--experiment", metavar="NAME", help="every trainwise run of an MLflow experiment")
     parser.add_argument("--out", default="trainwise-report", help="folder for report.md, report.html and the PNGs")
-    parser.add_argument(
-        "--tracking-uri", default="sqlite:///mlflow.db", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db"
-    )
+    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help=_TRACKING_HELP)
     opts = parser.parse_args(args)
 
     from pathlib import Path
@@ -80,13 +90,28 @@ def _report(args: list[str]) -> int:
     return 0
 
 
+def _reproduce(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="trainwise reproduce", description="Re-run a logged run and compare.")
+    parser.add_argument("run_id")
+    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help=_TRACKING_HELP)
+    parser.add_argument("--trust", action="store_true", help="allow _target_ values outside the allowlist")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="max absolute metric difference (default: 0 when deterministic on CPU, else 0.01)",
+    )
+    opts = parser.parse_args(args)
+    from trainwise.reproduce import reproduce
+
+    return reproduce(opts.run_id, opts.tracking_uri, trust=opts.trust, tolerance=opts.tolerance)
+
+
 def _ui(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="trainwise ui", description="Open the MLflow UI on the tracking store.")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=5000)
-    parser.add_argument(
-        "--tracking-uri", default="sqlite:///mlflow.db", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db"
-    )
+    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help=_TRACKING_HELP)
     opts = parser.parse_args(args)
 
     import subprocess

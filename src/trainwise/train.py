@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from trainwise.config import config_hash, flatten, to_container, validate
-from trainwise.errors import UserError
+from trainwise.errors import Interrupted, UserError
 from trainwise.paths import conf_dir, experiments_dir
 
 log = logging.getLogger("trainwise")
@@ -34,6 +34,16 @@ class JobContext:
     overrides: list[str] = field(default_factory=list)
     hydra_yaml: Path | None = None
     parent_run_id: str | None = None
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ResumePoint:
+    """An interrupted run to continue: its id, its last checkpoint, the input shape its model was built for."""
+
+    run_id: str
+    checkpoint: str
+    input_shape: tuple[int, int]
 
 
 @dataclass
@@ -50,8 +60,13 @@ def run(cfg: DictConfig, ctx: JobContext) -> RunResult:
     from trainwise.tracking import open_store
 
     validate(cfg)
-    cfg = strategies.effective_config(cfg)
     store = open_store(cfg.tracking.uri)
+    if cfg.resume:
+        from trainwise.resume import resume_point
+
+        cfg, point = resume_point(cfg, store)
+        return _train_and_log(strategies.effective_config(cfg), ctx, store, resume=point)
+    cfg = strategies.effective_config(cfg)
     if cfg.sweep.skip_finished:
         done = _finished_twin(cfg, store, ctx.parent_run_id)
         if done is not None:
@@ -61,7 +76,7 @@ def run(cfg: DictConfig, ctx: JobContext) -> RunResult:
         return _train_and_log(cfg, ctx, store)
 
 
-def _train_and_log(cfg: DictConfig, ctx: JobContext, store) -> RunResult:
+def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint | None = None) -> RunResult:
     import pytorch_lightning as pl
     import torch
 
@@ -75,25 +90,28 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store) -> RunResult:
 
     data_cfg = strategies.training_data(cfg)
     experiment_id = store.experiment_id(cfg.tracking.experiment)
-    tags = _run_tags(cfg, data_cfg.name, ctx.parent_run_id)
-    with TrackedRun(store, experiment_id, f"{cfg.strategy.name}-{cfg.model.name}-{data_cfg.name}", tags) as tracked:
-        _log_config(tracked, cfg, ctx)
+    tags = _run_tags(cfg, data_cfg.name, ctx)
+    run_name = f"{cfg.strategy.name}-{cfg.model.name}-{data_cfg.name}"
+    with TrackedRun(store, experiment_id, run_name, tags, reopen=resume.run_id if resume else None) as tracked:
+        if resume is None:
+            _log_config(tracked, cfg, ctx)
 
-        # Weights: a fine-tune starts from a foundation (found in MLflow, trained first, or given).
+        # Weights: a fine-tune starts from a foundation (found in MLflow, trained first, or given). A resumed
+        # run restores every weight from its checkpoint instead.
         foundation = None
-        if strategies.uses_pretrained(cfg):
+        if strategies.uses_pretrained(cfg) and resume is None:
             foundation = pretrained.resolve(
                 cfg.strategy.pretrained, store, lambda: _find_or_train_foundation(cfg, ctx, store, tracked.run_id)
             )
             tracked.set_tags({"trainwise.foundation_run": foundation.run_id or foundation.source})
 
-        # Data: the slot the strategy trains on, shaped as the foundation expects.
+        # Data: the slot the strategy trains on, shaped as the foundation (or the resumed model) expects.
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule = build_datamodule(data_cfg, cfg.seed, foundation.input_shape if foundation else None)
-        sizes = datamodule.sizes()
-        tracked.log_params(
-            {f"data.{k}_size": v for k, v in sizes.items()} | {"data.num_classes": datamodule.num_classes}
-        )
+        input_shape = resume.input_shape if resume else (foundation.input_shape if foundation else None)
+        datamodule = build_datamodule(data_cfg, cfg.seed, input_shape)
+        if resume is None:
+            sizes = {f"data.{k}_size": v for k, v in datamodule.sizes().items()}
+            tracked.log_params(sizes | {"data.num_classes": datamodule.num_classes})
 
         # Model: backbone + a new head for this data's classes; then what the strategy freezes.
         channels, image_size = datamodule.input_shape
@@ -117,15 +135,25 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store) -> RunResult:
         )
         total, trainable = count_parameters(net)
 
-        # Fit, then test the best checkpoint (by val/acc).
+        # Fit (from the resume checkpoint, if any), then test the best checkpoint (by val/acc). Whatever
+        # happens, the checkpoints written so far are logged.
         max_epochs = max(cfg.trainer.max_epochs, math.ceil(cfg.min_train_steps / datamodule.steps_per_epoch()))
-        trainer, checkpoint, counter = _build_trainer(cfg, tracked, ctx.job_dir, max_epochs)
+        trainer, checkpoint, counter, stop = _build_trainer(cfg, tracked, ctx.job_dir, max_epochs)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        started = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule)
-        fit_seconds = time.perf_counter() - started
-        tested = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False)[0]
+        try:
+            started = time.perf_counter()
+            trainer.fit(
+                module, datamodule=datamodule, ckpt_path=resume.checkpoint if resume else None, weights_only=True
+            )
+            fit_seconds = time.perf_counter() - started
+            if stop.signal is not None:
+                raise Interrupted(stop.signal, tracked.run_id)
+            tested = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False, weights_only=True)[0]
+        finally:
+            for name in ("best.ckpt", "last.ckpt"):
+                if (Path(checkpoint.dirpath) / name).is_file():
+                    tracked.log_artifact(Path(checkpoint.dirpath) / name, "checkpoints")
 
         metrics = {
             "test/loss": float(tested["test/loss"]),
@@ -140,9 +168,6 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store) -> RunResult:
         if checkpoint.best_model_score is not None:
             metrics["val/acc_best"] = float(checkpoint.best_model_score)
         tracked.log_metrics(metrics, step=trainer.global_step)
-        for name in ("best.ckpt", "last.ckpt"):
-            if (Path(checkpoint.dirpath) / name).is_file():
-                tracked.log_artifact(Path(checkpoint.dirpath) / name, "checkpoints")
     _print_finished(cfg, tracked.run_id, experiment_id, metrics)
     return RunResult(tracked.run_id, experiment_id, metrics)
 
@@ -199,7 +224,7 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, max_epochs: int):
     import torch
     from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 
-    from trainwise.callbacks import EpochLines, SampleCounter
+    from trainwise.callbacks import EpochLines, GracefulStop, SampleCounter
     from trainwise.tracking import RunLogger
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -222,9 +247,9 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, max_epochs: int):
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    counter = SampleCounter()
+    counter, stop = SampleCounter(), GracefulStop()
     interactive = sys.stdout.isatty()
-    callbacks = [checkpoint, counter, RichProgressBar() if interactive else EpochLines()]
+    callbacks = [checkpoint, counter, stop, RichProgressBar() if interactive else EpochLines()]
     passthrough = {k: v for k, v in to_container(cfg.trainer).items() if v is not None}
     passthrough["max_epochs"] = max_epochs
     trainer = pl.Trainer(
@@ -239,7 +264,7 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, max_epochs: int):
         default_root_dir=str(job_dir),
         **passthrough,
     )
-    return trainer, checkpoint, counter
+    return trainer, checkpoint, counter, stop
 
 
 def _peak_memory_mb() -> float:
@@ -252,7 +277,7 @@ def _peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _run_tags(cfg: DictConfig, data_name: str, parent_run_id: str | None) -> dict[str, str]:
+def _run_tags(cfg: DictConfig, data_name: str, ctx: JobContext) -> dict[str, str]:
     from trainwise import strategies
     from trainwise.provenance import code_and_versions
 
@@ -262,12 +287,14 @@ def _run_tags(cfg: DictConfig, data_name: str, parent_run_id: str | None) -> dic
         "trainwise.dataset": data_name,
         "trainwise.role": "job",
         "trainwise.config_hash": config_hash(_identity(cfg)),
+        "trainwise.job_dir": str(ctx.job_dir.resolve()),
         **code_and_versions(),
+        **ctx.extra_tags,
     }
     if cfg.strategy.data == "source":
         tags["trainwise.foundation_hash"] = strategies.foundation_hash(cfg)
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
+    if ctx.parent_run_id:
+        tags["mlflow.parentRunId"] = ctx.parent_run_id
     return tags
 
 
@@ -313,6 +340,11 @@ def task(cfg: DictConfig) -> float | None:
         ctx.parent_run_id = active_sweep_run()
     try:
         result = run(cfg, ctx)
+    except Interrupted as stopped:
+        print(f"Interrupted: run {stopped.run_id} is KILLED; continue it with: trainwise train resume={stopped.run_id}")
+        if sweeping:
+            raise  # stop the whole sweep; the CLI ends its parent run KILLED
+        raise SystemExit(stopped.exit_code) from None
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         if not sweeping:

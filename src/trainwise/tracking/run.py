@@ -16,8 +16,9 @@ _MAX_PARAM_CHARS = 6000
 class TrackedRun:
     """Context manager around one MLflow run that trainwise owns."""
 
-    def __init__(self, store, experiment_id: str, run_name: str, tags: dict[str, str]):
+    def __init__(self, store, experiment_id: str, run_name: str, tags: dict[str, str], reopen: str | None = None):
         self.store = store
+        self.reopen = reopen  # an interrupted run to continue (resume): same run id, status back to RUNNING
         self.client = store.client
         self.experiment_id = experiment_id
         self.run_name = run_name
@@ -25,6 +26,11 @@ class TrackedRun:
         self.run_id: str = ""
 
     def __enter__(self) -> TrackedRun:
+        if self.reopen:
+            self.run_id = self.reopen
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.client.set_tag(self.run_id, "trainwise.resumed", "true")
+            return self
         run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=self.tags)
         self.run_id = run.info.run_id
         return self

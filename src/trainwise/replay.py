@@ -1,0 +1,78 @@
+"""Rebuild a run's config from what MLflow logged, for `resume` and `reproduce`.
+
+A logged config may come from someone else's store: `_target_` values (classes Hydra would instantiate) must
+belong to the allowlist unless the user says they trust it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from trainwise.errors import UserError
+
+ALLOWED_TARGET_PREFIXES = ("trainwise.", "torch.", "timm.", "torchvision.", "lightning.", "pytorch_lightning.")
+
+
+def find_run(store, run_id: str):
+    try:
+        return store.client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - MlflowException for a missing run, or a malformed id
+        raise UserError(f"run {run_id!r} does not exist in {store.uri}") from None
+
+
+def untrusted_targets(node, path: str = "") -> list[str]:
+    """Dotted keys whose `_target_` is outside the allowlist."""
+    found = []
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if isinstance(target, str) and not target.startswith(ALLOWED_TARGET_PREFIXES):
+            found.append(f"{path or '<root>'}._target_={target}")
+        for key, value in node.items():
+            found += untrusted_targets(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += untrusted_targets(value, f"{path}[{i}]")
+    return found
+
+
+def logged_config(store, run_id: str, trust: bool) -> DictConfig:
+    """The resolved config a run logged, merged over today's defaults (keys added since then get defaults)."""
+    from mlflow.artifacts import download_artifacts
+
+    find_run(store, run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = download_artifacts(
+                run_id=run_id, artifact_path="config/config.yaml", dst_path=tmp, tracking_uri=store.uri
+            )
+        except Exception:  # noqa: BLE001
+            raise UserError(
+                f"run {run_id} has no config/config.yaml artifact; it was not recorded by trainwise"
+            ) from None
+        logged = OmegaConf.load(Path(path))
+    bad = untrusted_targets(OmegaConf.to_container(logged))
+    if bad and not trust:
+        raise UserError(
+            f"run {run_id}'s config would instantiate code outside trainwise/torch/timm/torchvision/lightning "
+            f"({', '.join(bad)}); if you trust its author, pass --trust (reproduce) or trust=true (resume)"
+        )
+    defaults = _defaults()
+    OmegaConf.set_struct(defaults, False)  # the logged strategy may carry keys today's default strategy lacks
+    return OmegaConf.merge(defaults, logged)
+
+
+def _defaults() -> DictConfig:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from trainwise.paths import conf_dir
+
+    if GlobalHydra.instance().is_initialized():
+        from hydra.compose import compose as compose_in_app
+
+        return compose_in_app(config_name="train")
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose(config_name="train")
