@@ -111,10 +111,9 @@ def test_a_crash_ends_the_run_failed_with_the_error(tmp_path, store_uri, monkeyp
     assert "error.txt" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
-def test_a_bad_pretrained_path_fails_cleanly(tmp_path, store_uri):
+def test_a_bad_pretrained_path_fails_before_any_run_exists(tmp_path, store_uri):
     from trainwise.errors import UserError
 
     with pytest.raises(UserError, match="no such file"):
         run_job(tmp_path, store_uri, "strategy=finetune", f"strategy.pretrained={tmp_path / 'missing.ckpt'}")
-    (run,) = mlflow_client(store_uri).search_runs(["1"])
-    assert run.info.status == "FAILED"  # never FINISHED, never left RUNNING
+    assert mlflow_client(store_uri).search_runs(["0"]) == []  # nothing FINISHED, nothing RUNNING

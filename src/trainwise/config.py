@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 from omegaconf import DictConfig, OmegaConf
 
 from trainwise.errors import UserError
 
 # Keys that change where or how fast data loads, not what a run computes: left out of identity hashes.
-_NOT_IDENTITY = {"num_workers", "cache_dir", "root", "download"}
+# (`root` stays in: for imagefolder the folder *is* the data.)
+_NOT_IDENTITY = {"num_workers", "cache_dir", "download"}
 
 
 def to_container(cfg: DictConfig) -> dict:
@@ -41,6 +43,29 @@ def config_hash(tree: dict) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def validate_before_run(cfg: DictConfig) -> None:
+    """Checks that need torch/timm (so not in the CLI's quick check), done before any MLflow run exists."""
+    from pathlib import Path
+
+    from trainwise.models import build_backbone_check
+
+    build_backbone_check(cfg.model.name)
+    data = cfg[cfg.strategy.data]
+    if data.name == "imagefolder" and not (data.get("root") and Path(str(data.root)).expanduser().is_dir()):
+        raise UserError(
+            f"{cfg.strategy.data}.root={data.get('root')!r} is not a folder; point it at a folder with one subfolder "
+            "of images per class (or train/ and val/ folders holding them)"
+        )
+    pretrained = str(cfg.strategy.get("pretrained", "auto"))
+    if cfg.strategy.get("weights") == "pretrained" and not cfg.get("resume"):
+        is_uri = pretrained.startswith(("runs:/", "models:/")) or "://" in pretrained
+        if pretrained not in ("auto", "timm") and not is_uri and not Path(pretrained).expanduser().is_file():
+            raise UserError(
+                f"strategy.pretrained={pretrained!r}: no such file; give a .ckpt/.pt/.pth file, runs:/<run_id>/<path> "
+                "or auto"
+            )
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks of values Hydra cannot know are wrong; each failure names the key and what would be valid."""
     for slot in ("dataset", "source"):
@@ -62,3 +87,32 @@ def validate(cfg: DictConfig) -> None:
     from trainwise.strategies.freeze import parse_freeze
 
     parse_freeze(cfg.strategy.get("freeze", "none"))
+
+
+_SECRET_WORDS = ("TOKEN", "PASSWORD", "SECRET", "KEY")
+_URI_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)(?P<password>[^@\s]+)(?P<at>@)")
+MASK = "***"
+
+
+def mask_secrets(node, key: str = ""):
+    """A copy of a config tree (or text) safe to log: values under keys naming a secret, and passwords inside
+    URIs (scheme://user:password@host), replaced by ***."""
+    if isinstance(node, dict):
+        return {k: mask_secrets(v, str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [mask_secrets(v, key) for v in node]
+    if any(word in key.upper() for word in _SECRET_WORDS) and node not in (None, "", [], {}):
+        return MASK
+    if isinstance(node, str):
+        return mask_text(node)
+    return node
+
+
+def mask_text(text: str) -> str:
+    """Passwords inside URIs, and `key=value` overrides whose key names a secret, masked."""
+    text = _URI_PASSWORD.sub(lambda m: m.group("head") + MASK + m.group("at"), text)
+    if "=" in text and "\n" not in text:
+        name, _, value = text.partition("=")
+        if any(word in name.upper() for word in _SECRET_WORDS) and value:
+            return f"{name}={MASK}"
+    return text

@@ -13,6 +13,8 @@ from hydra.utils import instantiate
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+CHECK_EVERY = 50  # steps between checks that the training loss is still finite
+
 
 class ClassificationModule(pl.LightningModule):
     def __init__(
@@ -39,6 +41,8 @@ class ClassificationModule(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # Counts non-finite training losses on the device; read every CHECK_EVERY steps, not every step.
+        self.register_buffer("nonfinite_losses", torch.zeros((), dtype=torch.int64), persistent=False)
 
     def forward(self, x):
         return self.net(x)
@@ -61,7 +65,23 @@ class ClassificationModule(pl.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train", self.train_acc)
+        loss = self._step(batch, "train", self.train_acc)
+        self.nonfinite_losses += (~torch.isfinite(loss)).long()
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if (batch_idx + 1) % CHECK_EVERY == 0:
+            self._stop_if_diverged()
+
+    def on_train_epoch_end(self):
+        self._stop_if_diverged()
+
+    def _stop_if_diverged(self) -> None:
+        if int(self.nonfinite_losses) > 0:  # the one host sync, every CHECK_EVERY steps
+            raise FloatingPointError(
+                f"train/loss became NaN or infinite by step {self.global_step}: training stopped. "
+                "Lower optimizer.lr, set trainer.gradient_clip_val, or check the data."
+            )
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val", self.val_acc)

@@ -27,7 +27,9 @@ class SweepCallback(Callback):
 
         store = open_store(config.tracking.uri)
         experiment_id = store.experiment_id(config.tracking.experiment)
-        overrides = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+        from trainwise.config import mask_text
+
+        overrides = [mask_text(str(o)) for o in OmegaConf.to_container(config.hydra.overrides.task, resolve=False)]
         params = config.hydra.sweeper.get("params")
         sweeper_params = OmegaConf.to_container(params, resolve=False) if params is not None else {}
         name = config.tracking.experiment

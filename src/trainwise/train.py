@@ -16,7 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from trainwise.config import config_hash, flatten, to_container, validate
+from trainwise.config import config_hash, flatten, mask_secrets, mask_text, to_container, validate, validate_before_run
 from trainwise.errors import Interrupted, UserError
 from trainwise.paths import conf_dir, experiments_dir
 
@@ -60,6 +60,7 @@ def run(cfg: DictConfig, ctx: JobContext) -> RunResult:
     from trainwise.tracking import open_store
 
     validate(cfg)
+    validate_before_run(cfg)
     store = open_store(cfg.tracking.uri)
     if cfg.resume:
         from trainwise.resume import resume_point
@@ -299,11 +300,15 @@ def _run_tags(cfg: DictConfig, data_name: str, ctx: JobContext) -> dict[str, str
 
 
 def _log_config(tracked, cfg: DictConfig, ctx: JobContext) -> None:
-    tracked.log_params(flatten(to_container(cfg)))
-    tracked.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
-    tracked.log_text(OmegaConf.to_yaml(OmegaConf.create(list(ctx.overrides))), "config/overrides.yaml")
+    """The whole resolved config as params and artifacts, secrets masked (see config.mask_secrets)."""
+    tree = mask_secrets(to_container(cfg))
+    tracked.log_params(flatten(tree))
+    tracked.log_text(OmegaConf.to_yaml(OmegaConf.create(tree)), "config/config.yaml")
+    overrides = [mask_text(o) for o in ctx.overrides]
+    tracked.log_text(OmegaConf.to_yaml(OmegaConf.create(overrides)), "config/overrides.yaml")
     if ctx.hydra_yaml is not None and ctx.hydra_yaml.is_file():
-        tracked.log_artifact(ctx.hydra_yaml, "config")
+        hydra_tree = mask_secrets(OmegaConf.to_container(OmegaConf.load(ctx.hydra_yaml)))
+        tracked.log_text(OmegaConf.to_yaml(OmegaConf.create(hydra_tree)), "config/hydra.yaml")
 
 
 def _print_finished(cfg: DictConfig, run_id: str, experiment_id: str, metrics: dict[str, float]) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from trainwise.data import imagefolder, torchvision_sets
 from trainwise.data.datamodule import ImageTensors
 from trainwise.paths import cache_dir
 
@@ -29,4 +30,10 @@ def load_glyphs(cfg) -> ImageTensors:
     return ImageTensors(tensor, torch.from_numpy(labels.astype(np.int64)), list(names))
 
 
-LOADERS: dict[str, Callable[..., ImageTensors]] = {"digits": load_digits, "glyphs": load_glyphs}
+# The real datasets' modules are cheap to import: torchvision and PIL load inside their loaders.
+LOADERS: dict[str, Callable[..., ImageTensors]] = {
+    "digits": load_digits,
+    "glyphs": load_glyphs,
+    **dict.fromkeys(torchvision_sets.SETS, torchvision_sets.load_torchvision),
+    "imagefolder": imagefolder.load_imagefolder,
+}

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
+
+from trainwise.data.batches import EpochBatches
 
 
 @dataclass
@@ -17,6 +19,10 @@ class ImageTensors:
     images: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
     labels: torch.Tensor  # (N,) int64
     class_names: list[str]
+    # Optional predefined splits (bool, (N,)), e.g. a dataset's official test set or an image folder's val/ folder.
+    # Where one is None, TensorDataModule draws that split with test_fraction / val_fraction instead.
+    test_mask: torch.Tensor | None = None
+    val_mask: torch.Tensor | None = None
 
     def to_input(self, channels: int, size: int) -> ImageTensors:
         """Resize and convert channels to what a model expects (grayscale <-> colour)."""
@@ -26,7 +32,7 @@ class ImageTensors:
         if images.shape[1] != channels:
             gray = images.mean(dim=1, keepdim=True)
             images = gray.expand(-1, channels, -1, -1).contiguous() if channels > 1 else gray
-        return ImageTensors(images.clamp(0, 1), self.labels, self.class_names)
+        return replace(self, images=images.clamp(0, 1))
 
 
 def _split(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,9 +58,20 @@ def labelled_subset(indices: np.ndarray, labels: np.ndarray, fraction: float, se
     return np.sort(np.concatenate(chosen))
 
 
+def _mask(mask: torch.Tensor | None, n: int) -> np.ndarray | None:
+    if mask is None:
+        return None
+    mask = mask.numpy().astype(bool)
+    if mask.shape != (n,):
+        raise ValueError(f"a split mask must have shape ({n},), got {mask.shape}")
+    return mask
+
+
 class TensorDataModule(pl.LightningDataModule):
     """Fixed test and validation splits (by `split_seed`, identical for every run) and a labelled training
-    subset drawn per `seed` (`train_fraction`). Batches are sliced from the tensors, not collated per sample."""
+    subset drawn per `seed` (`train_fraction`). Batches are sliced from the tensors, not collated per sample.
+    A split the data predefines (`test_mask`, `val_mask`) is used as it is, and the training pool is what is
+    in neither; the val mask may equal the test mask (validating on the test split, as some examples do)."""
 
     def __init__(self, data: ImageTensors, cfg, seed: int):
         super().__init__()
@@ -64,8 +81,16 @@ class TensorDataModule(pl.LightningDataModule):
         self.seed = seed
         labels = data.labels.numpy()
         everything = np.arange(len(labels))
-        rest, self.test_idx = _split(everything, labels, cfg.get("test_fraction", 0.0), cfg.split_seed)
-        train_pool, self.val_idx = _split(rest, labels, cfg.val_fraction, cfg.split_seed)
+        test_mask, val_mask = _mask(data.test_mask, len(labels)), _mask(data.val_mask, len(labels))
+        if test_mask is None:
+            candidates = everything if val_mask is None else everything[~val_mask]
+            rest, self.test_idx = _split(candidates, labels, cfg.get("test_fraction", 0.0), cfg.split_seed)
+        else:
+            rest, self.test_idx = everything[~test_mask], everything[test_mask]
+        if val_mask is None:
+            train_pool, self.val_idx = _split(rest, labels, cfg.val_fraction, cfg.split_seed)
+        else:
+            train_pool, self.val_idx = rest[~val_mask[rest]], everything[val_mask]
         self.train_idx = labelled_subset(train_pool, labels, cfg.train_fraction, seed)
 
     @property
@@ -86,9 +111,8 @@ class TensorDataModule(pl.LightningDataModule):
     def _loader(self, indices: np.ndarray, shuffle: bool) -> DataLoader:
         idx = torch.from_numpy(indices)
         dataset = TensorDataset(self.data.images[idx], self.data.labels[idx])
-        order = RandomSampler(dataset, generator=torch.Generator().manual_seed(self.seed)) if shuffle else None
         # Index the tensors with a whole batch of indices at once: no per-sample collation.
-        batches = BatchSampler(order or SequentialSampler(dataset), self.batch_size, drop_last=False)
+        batches = EpochBatches(len(dataset), self.batch_size, self.seed, shuffle)
         return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:

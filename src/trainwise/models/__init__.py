@@ -28,15 +28,24 @@ class Net(nn.Module):
         return self.head(self.backbone(x))
 
 
-def build_backbone(name: str, in_chans: int, image_size: int) -> nn.Module:
+def build_backbone_check(name: str) -> None:
+    """A clear error for a model name that is neither a seed net nor a timm architecture."""
     if name in SEED_NETS:
-        return SEED_NETS[name](in_chans=in_chans, image_size=image_size)
+        return
     import timm
 
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, list(SEED_NETS) + timm.list_models(), n=3)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise UserError(f"model.name={name!r} is neither mlp, small_cnn nor a timm architecture.{hint}")
+
+
+def build_backbone(name: str, in_chans: int, image_size: int) -> nn.Module:
+    build_backbone_check(name)
+    if name in SEED_NETS:
+        return SEED_NETS[name](in_chans=in_chans, image_size=image_size)
+    import timm
+
     kwargs = {"img_size": image_size} if "img_size" in _timm_kwargs(name) else {}
     # num_classes=0: timm returns pooled features; trainwise adds its own head.
     return timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +89,9 @@ def open_store(configured_uri: str) -> Store:
 
     client = MlflowClient(tracking_uri=uri)
     try:
-        client.search_experiments(max_results=1)
+        # One quick try: MLflow's default retries would keep a user waiting minutes for a server that is down.
+        with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
+            client.search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001 - any failure here means the store cannot be used
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
@@ -96,3 +99,17 @@ def open_store(configured_uri: str) -> Store:
             "start the server or set tracking.uri / MLFLOW_TRACKING_URI"
         ) from None
     return Store(uri=uri, client=client)
+
+
+@contextmanager
+def _env(**values: str):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

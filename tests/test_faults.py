@@ -1,0 +1,93 @@
+"""Bad input ends in one clear line (exit 2) with nothing left FINISHED or RUNNING; faults end runs FAILED;
+secrets never reach MLflow."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import mlflow_client, run_job
+from trainwise.errors import UserError
+
+
+def _all_runs(uri: str):
+    client = mlflow_client(uri)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def _cli(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    command = [sys.executable, "-m", "trainwise", *args]
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_unknown_timm_architecture_suggests_close_names(tmp_path, store_uri):
+    with pytest.raises(UserError, match="resnet18"):
+        run_job(tmp_path, store_uri, "model=timm", "model.name=resnet_18")
+    assert not (tmp_path / "mlflow.db").exists() or _all_runs(store_uri) == []
+
+
+@pytest.mark.parametrize(
+    "make_bad,expected",
+    [
+        (
+            lambda tmp: (tmp / "notes.ckpt").write_text("not a checkpoint") and tmp / "notes.ckpt",
+            "not a readable checkpoint",
+        ),
+        (lambda tmp: "runs:/" + "0" * 32 + "/checkpoints/best.ckpt", "there is no run"),
+    ],
+)
+def test_unusable_pretrained_weights_fail_the_run_with_exit_code_2(tmp_path, make_bad, expected):
+    bad = make_bad(tmp_path)
+    result = _cli(tmp_path, "train", "profile=smoke", "strategy=finetune", f"strategy.pretrained={bad}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert expected in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr
+    statuses = {r.info.status for r in _all_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")}
+    assert statuses <= {"FAILED"}
+
+
+def test_weights_of_another_architecture_are_a_clear_error(tmp_path, store_uri):
+    mlp = run_job(tmp_path / "mlp", store_uri, "strategy=full", "model=mlp")
+    path = mlflow_client(store_uri).download_artifacts(mlp.run_id, "checkpoints/best.ckpt", str(tmp_path))
+    with pytest.raises(UserError, match="do not fit"):
+        run_job(tmp_path / "cnn", store_uri, "strategy=finetune", f"strategy.pretrained={path}")
+
+
+def test_a_diverging_loss_stops_training_and_fails_the_run(tmp_path, store_uri):
+    with pytest.raises(FloatingPointError, match="NaN or infinite"):
+        run_job(tmp_path, store_uri, "optimizer=sgd", "optimizer.lr=1e12", "trainer.max_epochs=3")
+    (run,) = _all_runs(store_uri)
+    assert run.info.status == "FAILED" and "NaN or infinite" in run.data.tags["trainwise.error"]
+
+
+def test_an_unreachable_tracking_server_is_one_line_and_exit_2(tmp_path):
+    with socket.socket() as sock:  # a free port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = _cli(tmp_path, "train", "profile=smoke", f"tracking.uri=http://127.0.0.1:{port}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert "cannot reach the MLflow tracking store" in lines[-1] and "Traceback" not in result.stderr
+
+
+def test_secrets_are_masked_in_params_and_config_artifacts(tmp_path, store_uri):
+    secret = "hunter2-do-not-log"
+    overrides = (
+        f"+extra.db_password={secret}",
+        f"+extra.api_token={secret}",
+        f"+extra.db=postgresql://bob:{secret}@db/x",
+    )
+    result = run_job(tmp_path, store_uri, *overrides)
+    client = mlflow_client(store_uri)
+    run = client.get_run(result.run_id)
+    assert run.data.params["extra.db_password"] == "***"
+    assert run.data.params["extra.db"] == "postgresql://bob:***@db/x"
+    for artifact in ("config/config.yaml", "config/overrides.yaml"):
+        text = open(client.download_artifacts(result.run_id, artifact, str(tmp_path))).read()
+        assert secret not in text and "***" in text
+    assert all(secret not in value for value in {**run.data.params, **run.data.tags}.values())
