@@ -103,3 +103,13 @@ def test_help_does_not_import_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_cfg_job_and_the_config_check_do_not_import_torch():
+    code = (
+        "import sys\nfrom trainwise.overrides import check_overrides\n"
+        "check_overrides(['strategy=finetune', 'strategy.freeze=stages:1'])\n"
+        "print('torch' in sys.modules, 'pytorch_lightning' in sys.modules, 'mlflow' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().splitlines()[-1] == "False False False", result.stderr[-2000:]

@@ -122,3 +122,25 @@ def test_an_architecture_mismatch_is_a_clear_error(tmp_path):
     state, _ = load_weights_file(path)
     with pytest.raises(UserError, match="do not fit"):
         load_into(cnn, Foundation(state, source=str(path)))
+
+
+def test_cached_features_train_the_same_head_as_running_the_backbone(tmp_path, store_uri):
+    """Head-only training on features computed once equals running the frozen backbone every step."""
+    full = run_job(tmp_path / "full", store_uri, "strategy=full")
+    path = mlflow_client(store_uri).download_artifacts(full.run_id, "checkpoints/best.ckpt", str(tmp_path))
+    heads = {}
+    for cache in ("true", "false"):
+        result = run_job(
+            tmp_path / cache, store_uri, "strategy=finetune", "strategy.freeze=backbone", f"strategy.pretrained={path}",
+            f"strategy.cache_features={cache}", "deterministic=true", "trainer.max_epochs=3",
+        )  # fmt: skip
+        run = mlflow_client(store_uri).get_run(result.run_id)
+        assert (run.data.tags.get("trainwise.cached_features") == "true") == (cache == "true")
+        last = mlflow_client(store_uri).download_artifacts(
+            result.run_id, "checkpoints/last.ckpt", str(tmp_path / cache)
+        )
+        heads[cache] = {
+            k: v for k, v in torch.load(last, weights_only=True)["state_dict"].items() if k.startswith("net.head")
+        }
+    for key, value in heads["true"].items():
+        torch.testing.assert_close(value, heads["false"][key], rtol=1e-5, atol=1e-6)

@@ -26,6 +26,7 @@ class ClassificationModule(pl.LightningModule):
         param_groups: list[dict],
         frozen: list[nn.Module],
         checkpoint_meta: dict,
+        features_cached: bool = False,
     ):
         super().__init__()
         self.net = net
@@ -38,6 +39,7 @@ class ClassificationModule(pl.LightningModule):
         for module in frozen:
             module.eval()
         self.checkpoint_meta = checkpoint_meta
+        self.features_cached = features_cached  # inputs are backbone features: only the head runs
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -45,7 +47,7 @@ class ClassificationModule(pl.LightningModule):
         self.register_buffer("nonfinite_losses", torch.zeros((), dtype=torch.int64), persistent=False)
 
     def forward(self, x):
-        return self.net(x)
+        return self.net.head(x) if self.features_cached else self.net(x)
 
     def train(self, mode: bool = True):
         # Frozen parts stay in eval mode: BatchNorm statistics and dropout of a frozen backbone are untouched.

@@ -120,6 +120,14 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
         if foundation is not None:
             pretrained.load_into(net, foundation)
         frozen = freeze(net, cfg.strategy.get("freeze", "none"))
+        prepared = time.perf_counter()
+        cached = strategies.caches_features(cfg)
+        if cached:
+            from trainwise.data.features import cache_features
+
+            datamodule = cache_features(datamodule, net.backbone)
+            tracked.set_tags({"trainwise.cached_features": "true"})
+        caching_seconds = time.perf_counter() - prepared
         module = ClassificationModule(
             net,
             datamodule.num_classes,
@@ -133,6 +141,7 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
                 "class_names": datamodule.data.class_names,
                 "run_id": tracked.run_id,
             },
+            features_cached=cached,
         )
         total, trainable = count_parameters(net)
 
@@ -147,7 +156,7 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
             trainer.fit(
                 module, datamodule=datamodule, ckpt_path=resume.checkpoint if resume else None, weights_only=True
             )
-            fit_seconds = time.perf_counter() - started
+            fit_seconds = time.perf_counter() - started + caching_seconds
             if stop.signal is not None:
                 raise Interrupted(stop.signal, tracked.run_id)
             tested = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False, weights_only=True)[0]

@@ -60,5 +60,10 @@ def uses_pretrained(cfg: DictConfig) -> bool:
     return cfg.strategy.weights == "pretrained"
 
 
+def caches_features(cfg: DictConfig) -> bool:
+    """Head-only training (frozen backbone) on features computed once, unless strategy.cache_features=false."""
+    return cfg.strategy.get("freeze") == "backbone" and str(cfg.strategy.get("cache_features", "auto")) != "False"
+
+
 def backbone_lr_mult(cfg: DictConfig) -> float:
     return float(cfg.strategy.get("backbone_lr_mult", 1.0))

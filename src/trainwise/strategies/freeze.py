@@ -9,10 +9,12 @@ not move.
 from __future__ import annotations
 
 import re
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from trainwise.errors import UserError
+
+if TYPE_CHECKING:  # torch stays unimported for the CLI's quick config check, which calls parse_freeze
+    from torch import nn
 
 _FREEZE_HELP = "valid: backbone | none | stages:<k> with k a positive integer"
 
