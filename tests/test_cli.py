@@ -25,7 +25,7 @@ def test_sweep_of_the_three_strategies_shares_one_foundation(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "workflowType=machine_learning" in result.stdout
     client = mlflow_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`trainwise.role` = 'job'")
     by_strategy = {r.data.tags["trainwise.strategy"]: r for r in runs}
     assert sorted(by_strategy) == ["finetune", "full", "scratch"] and len(runs) == 3  # no second foundation
     assert all(r.info.status == "FINISHED" for r in runs)

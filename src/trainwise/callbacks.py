@@ -37,7 +37,9 @@ class GracefulStop(pl.Callback):
         self._trainer = None
         self._previous: dict[int, object] = {}
 
-    def on_fit_start(self, trainer, pl_module):
+    def on_train_start(self, trainer, pl_module):
+        # Not on_fit_start: Lightning records every signal handler after that hook and restores them at teardown,
+        # which would leave ours installed after fit.
         import signal
         import threading
 

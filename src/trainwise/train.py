@@ -60,8 +60,13 @@ def run(cfg: DictConfig, ctx: JobContext) -> RunResult:
     from trainwise.tracking import open_store
 
     validate(cfg)
-    validate_before_run(cfg)
     store = open_store(cfg.tracking.uri)
+    try:
+        validate_before_run(cfg)
+    except UserError as err:
+        if ctx.parent_run_id:  # in a sweep, the job still shows up, FAILED, so the report and parent see it
+            _record_failed_job(cfg, ctx, store, err)
+        raise
     if cfg.resume:
         from trainwise.resume import resume_point
 
@@ -180,6 +185,20 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
         tracked.log_metrics(metrics, step=trainer.global_step)
     _print_finished(cfg, tracked.run_id, experiment_id, metrics)
     return RunResult(tracked.run_id, experiment_id, metrics)
+
+
+def _record_failed_job(cfg: DictConfig, ctx: JobContext, store, err: Exception) -> None:
+    from trainwise import strategies
+    from trainwise.tracking import TrackedRun
+
+    data_name = strategies.training_data(cfg).name
+    tags = _run_tags(strategies.effective_config(cfg), data_name, ctx)
+    run_name = f"{cfg.strategy.name}-{cfg.model.name}-{data_name}"
+    try:
+        with TrackedRun(store, store.experiment_id(cfg.tracking.experiment), run_name, tags):
+            raise err
+    except UserError:
+        pass
 
 
 def _finished_twin(cfg: DictConfig, store, parent_run_id: str | None) -> RunResult | None:

@@ -1,0 +1,586 @@
+"""trainwise performance figures (`make bench`): measurements, not tests.
+
+Every figure is a ratio against a baseline measured in the same process, repetitions interleaved
+(baseline 1, candidate 1, baseline 2, ...), median taken, so it holds on a noisy shared machine.
+
+    python benchmarks/run.py [--json FILE] [--quick] [--skip-demo] [--gpu]
+
+Per-epoch time is the median, over the epochs after the first, of the wall time from the start of one training
+epoch to the start of the next (the last epoch ends at `on_train_end`). That cycle holds the training batches,
+the validation pass and whatever the framework does between them (checkpoint saving, metric logging, epoch lines),
+so the framework is charged for all of it. The narrower window `on_train_epoch_start` -> `on_validation_epoch_end`
+is kept as a detail key (`*_window_s`). The hand-written loops mark the same boundaries.
+
+See benchmarks/README.md for what each key means and the figures measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+# key -> (comparison, goal) on 2 CPU cores.
+GOALS: dict[str, tuple[str, float]] = {
+    "framework_overhead_ratio": ("<=", 1.05),
+    "tracking_overhead_ratio": ("<=", 1.03),
+    "cached_features_speedup": (">=", 10.0),
+    "device_resident_speedup": (">=", 1.3),
+    "cli_help_seconds": ("<=", 1.0),
+    "cfg_job_seconds": ("<=", 1.0),
+    "demo_seconds": ("<=", 120.0),
+}
+
+# The glyphs subset for device_resident_speedup on CPU: the full 62,000 images (num_per_class=1000) make the
+# per-sample baseline take too long for a 6-minute `make bench` on 2 cores.
+GLYPHS_PER_CLASS_CPU = 300
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Timing helpers
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def _epoch_figures(starts: list[float], end: float, window_ends: list[float]) -> dict[str, float]:
+    """Median cycle (start -> next start) and window (start -> validation end) over the epochs after the first."""
+    cycles = [b - a for a, b in zip(starts, starts[1:] + [end], strict=True)]
+    windows = [b - a for a, b in zip(starts, window_ends, strict=False)]
+    later = slice(1, None) if len(cycles) > 1 else slice(None)
+    return {
+        "epoch_s": statistics.median(cycles[later]),
+        "window_s": statistics.median(windows[later]) if windows else float("nan"),
+        "epochs": len(cycles),
+    }
+
+
+def _epoch_timer():
+    import pytorch_lightning as pl
+
+    class EpochTimer(pl.Callback):
+        """Wall-clock marks at the start of each training epoch, the end of its validation, and the end of fit."""
+
+        def __init__(self):
+            self.starts: list[float] = []
+            self.window_ends: list[float] = []
+            self.end = 0.0
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            _sync()
+            self.starts.append(time.perf_counter())
+
+        def on_validation_epoch_end(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                _sync()
+                self.window_ends.append(time.perf_counter())
+
+        def on_train_end(self, trainer, pl_module):
+            _sync()
+            self.end = time.perf_counter()
+
+        def figures(self) -> dict[str, float]:
+            return _epoch_figures(self.starts, self.end, self.window_ends)
+
+    return EpochTimer()
+
+
+def _interleave(reps: int, baseline: Callable[[], float], candidate: Callable[[], float]) -> tuple[float, float]:
+    """rep 1 baseline, rep 1 candidate, rep 2 baseline, ...; the median of each."""
+    base, cand = [], []
+    for _ in range(reps):
+        base.append(baseline())
+        cand.append(candidate())
+    return statistics.median(base), statistics.median(cand)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Swallow stdout (trainwise's epoch lines and run summary). stdout is then not a TTY, so trainwise uses its
+    plain EpochLines callback rather than the RichProgressBar, whatever terminal `make bench` runs in."""
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def compose(*overrides: str):
+    """The config `trainwise train <overrides>` would run (as tests/conftest.py composes it)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from trainwise.paths import conf_dir
+    from trainwise.train import register_experiments
+
+    register_experiments()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=list(overrides))
+
+
+def _max_epochs(cfg, datamodule) -> int:
+    """What trainwise.train runs: trainer.max_epochs, raised so that training sees min_train_steps steps."""
+    return max(cfg.trainer.max_epochs, math.ceil(cfg.min_train_steps / datamodule.steps_per_epoch()))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The hand-written baseline loop
+
+
+def hand_loop(
+    net, optimizer_cfg, datamodule, epochs: int, device: str = "cpu", bf16: bool = False, resident: bool = False
+) -> dict[str, float]:
+    """Plain PyTorch doing the work trainwise does per epoch: shuffled batches sliced from the same tensors,
+    forward, cross-entropy, backward, optimizer step, training loss/accuracy accumulated on the device; then a
+    validation pass (eval mode, no_grad, loss and accuracy); one host sync per epoch to read the numbers."""
+    import torch
+    import torch.nn.functional as F
+    from hydra.utils import instantiate
+
+    net.to(device)
+    optimizer = instantiate(optimizer_cfg)([p for p in net.parameters() if p.requires_grad])
+    images, labels = datamodule.data.images, datamodule.data.labels
+    to = device if resident else "cpu"
+    train_x, train_y = images[datamodule.train_idx].to(to), labels[datamodule.train_idx].to(to)
+    val_x, val_y = images[datamodule.val_idx].to(to), labels[datamodule.val_idx].to(to)
+    batch, seed = datamodule.batch_size, datamodule.seed
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else (lambda: contextlib.nullcontext())
+    )
+    starts, window_ends = [], []
+    for epoch in range(epochs):
+        _sync()
+        starts.append(time.perf_counter())
+        net.train()
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        for idx in torch.randperm(len(train_y), generator=generator).split(batch):
+            x, y = train_x[idx].to(device, non_blocking=True), train_y[idx].to(device, non_blocking=True)
+            with autocast():
+                logits = net(x)
+                loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+        net.eval()
+        val_loss = torch.zeros((), device=device)
+        val_correct = torch.zeros((), dtype=torch.int64, device=device)
+        with torch.no_grad(), autocast():
+            for idx in torch.arange(len(val_y)).split(batch):
+                x, y = val_x[idx].to(device, non_blocking=True), val_y[idx].to(device, non_blocking=True)
+                logits = net(x)
+                val_loss += F.cross_entropy(logits, y) * len(y)
+                val_correct += (logits.argmax(1) == y).sum()
+        _ = (float(loss_sum), int(correct), float(val_loss), int(val_correct))  # the epoch-end reduction
+        window_ends.append(time.perf_counter())
+    _sync()
+    return _epoch_figures(starts, time.perf_counter(), window_ends)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# trainwise paths
+
+
+def _net_and_data(cfg, input_shape=None):
+    import pytorch_lightning as pl
+
+    from trainwise.data import build_datamodule
+    from trainwise.models import build_model
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg.dataset, cfg.seed, input_shape)
+    channels, size = datamodule.input_shape
+    return build_model(cfg.model, datamodule.num_classes, channels, size), datamodule
+
+
+def _module(cfg, net, datamodule, frozen=(), features_cached: bool = False):
+    from trainwise import strategies
+    from trainwise.module import ClassificationModule
+    from trainwise.strategies.freeze import param_groups
+
+    groups = param_groups(net, cfg.optimizer.lr, strategies.backbone_lr_mult(cfg))
+    return ClassificationModule(
+        net, datamodule.num_classes, cfg.optimizer, cfg.scheduler, groups, list(frozen), {}, features_cached
+    )
+
+
+@contextlib.contextmanager
+def _timed_recipe():
+    """trainwise.train.run, unchanged, with one extra callback (the epoch timer) added to the Trainer it builds."""
+    import trainwise.train as train
+
+    original = train._build_trainer
+    timers = []
+
+    def build(*args, **kwargs):
+        built = original(*args, **kwargs)
+        timers.append(_epoch_timer())
+        built[0].callbacks.append(timers[-1])
+        return built
+
+    train._build_trainer = build
+    try:
+        yield timers
+    finally:
+        train._build_trainer = original
+
+
+def trainwise_recipe(tmp: Path, name: str, *overrides: str) -> dict[str, float]:
+    """One `trainwise train <overrides>` run in-process, exactly as the Hydra task runs it (tracking into a
+    temporary SQLite store, checkpoints, test, artifacts). The recipe is the thing users run, so the framework
+    figure goes through it; only the epoch timer callback is added to its Trainer."""
+    from trainwise.train import JobContext, run
+
+    cfg = compose(f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}", *overrides)
+    with _quiet(), _timed_recipe() as timers:
+        run(cfg, JobContext(job_dir=tmp / name, overrides=list(overrides)))
+    return timers[-1].figures()
+
+
+def lightning_fit(cfg, module, datamodule, job_dir: Path, tracked=None, max_epochs: int | None = None):
+    """Fit with the Trainer trainwise builds (`trainwise.train._build_trainer`: same callbacks, precision, trainer
+    keys). tracked=None: the same Trainer with logger=False instead of the RunLogger."""
+    import trainwise.tracking
+    import trainwise.train as train
+
+    original = trainwise.tracking.RunLogger
+    if tracked is None:
+        trainwise.tracking.RunLogger = lambda _tracked: False
+    try:
+        with _quiet():
+            epochs = max_epochs or _max_epochs(cfg, datamodule)
+            trainer, *_ = train._build_trainer(cfg, tracked, job_dir, epochs)
+    finally:
+        trainwise.tracking.RunLogger = original
+    timer = _epoch_timer()
+    trainer.callbacks.append(timer)
+    with _quiet():
+        trainer.fit(module, datamodule=datamodule)
+    return timer.figures()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The figures
+
+
+def framework_overhead(
+    tmp: Path, reps: int, quick: bool, overrides: tuple[str, ...] = ("model=small_cnn", "dataset=digits"), device="cpu"
+):
+    """trainwise (the real recipe, tracking on, defaults as shipped) vs the hand loop: small_cnn on digits."""
+    if quick:
+        overrides += ("trainer.max_epochs=4", "min_train_steps=0")
+    cfg = compose(*overrides)
+    counter = iter(range(1000))
+    epochs_used = []
+
+    def baseline():
+        net, datamodule = _net_and_data(cfg)
+        epochs = _max_epochs(cfg, datamodule)
+        epochs_used.append(epochs)
+        on_gpu = device == "cuda"  # the plain GPU loop keeps the small data on the device, in bf16 autocast
+        return hand_loop(net, cfg.optimizer, datamodule, epochs, device=device, bf16=on_gpu, resident=on_gpu)
+
+    def candidate():
+        return trainwise_recipe(tmp, f"job{next(counter)}", *overrides)
+
+    base_runs, cand_runs = [], []
+    _interleave(reps, lambda: base_runs.append(baseline()) or 0.0, lambda: cand_runs.append(candidate()) or 0.0)
+    base = statistics.median(r["epoch_s"] for r in base_runs)
+    cand = statistics.median(r["epoch_s"] for r in cand_runs)
+    return {
+        "ratio": cand / base,
+        "hand_epoch_s": base,
+        "trainwise_epoch_s": cand,
+        "hand_window_s": statistics.median(r["window_s"] for r in base_runs),
+        "trainwise_window_s": statistics.median(r["window_s"] for r in cand_runs),
+        "epochs": epochs_used[0],
+    }
+
+
+def tracking_overhead(tmp: Path, reps: int, quick: bool) -> dict[str, float]:
+    """The same trainwise Trainer with the RunLogger bound to a real run (temporary SQLite store) vs logger=False."""
+    from trainwise.tracking import TrackedRun, open_store
+
+    overrides = ["model=small_cnn", "dataset=digits", f"tracking.uri=sqlite:///{tmp / 'tracking.db'}"]
+    if quick:
+        overrides += ["trainer.max_epochs=4", "min_train_steps=0"]
+    cfg = compose(*overrides)
+    store = open_store(cfg.tracking.uri)
+    experiment_id = store.experiment_id("bench-tracking")
+    counter = iter(range(1000))
+
+    def off():
+        net, datamodule = _net_and_data(cfg)
+        return lightning_fit(cfg, _module(cfg, net, datamodule), datamodule, tmp / f"off{next(counter)}")
+
+    def on():
+        net, datamodule = _net_and_data(cfg)
+        with TrackedRun(store, experiment_id, "bench", {}) as tracked:
+            return lightning_fit(cfg, _module(cfg, net, datamodule), datamodule, tmp / f"on{next(counter)}", tracked)
+
+    base, cand = _interleave(reps, lambda: off()["epoch_s"], lambda: on()["epoch_s"])
+    return {"ratio": cand / base, "off_epoch_s": base, "on_epoch_s": cand}
+
+
+def cached_features(
+    tmp: Path, reps: int, quick: bool, model: str = "resnet18", input_shape=(3, 32)
+) -> dict[str, float]:
+    """Head-only fine-tuning (frozen backbone) through trainwise's module and Trainer: the backbone run on every
+    step vs trained on features cached once by trainwise.data.features.cache_features."""
+    from trainwise.data.features import cache_features
+    from trainwise.strategies.freeze import freeze
+
+    cfg = compose("model=timm", f"model.name={model}", "dataset=digits")
+    epochs = 2 if quick else 3
+    counter = iter(range(1000))
+    caching = []
+
+    def run(cached: bool) -> float:
+        net, datamodule = _net_and_data(cfg, input_shape)
+        frozen = freeze(net, "backbone")
+        if cached:
+            started = time.perf_counter()
+            datamodule = cache_features(datamodule, net.backbone)
+            caching.append(time.perf_counter() - started)
+        module = _module(cfg, net, datamodule, frozen, features_cached=cached)
+        job = tmp / f"cache{next(counter)}"
+        return lightning_fit(cfg, module, datamodule, job, max_epochs=epochs if not cached else 5)["epoch_s"]
+
+    base, cand = _interleave(reps, lambda: run(False), lambda: run(True))
+    return {"speedup": base / cand, "uncached_epoch_s": base, "cached_epoch_s": cand, "caching_s": min(caching)}
+
+
+def device_resident(reps: int, quick: bool, per_class: int = GLYPHS_PER_CLASS_CPU) -> dict[str, float]:
+    """Per-sample DataLoader (TensorDataset + RandomSampler + default collate) vs trainwise's
+    TensorDataModule.train_dataloader() (whole batches indexed at once), the same small_cnn trained by the same
+    plain loop over either loader, so only the input pipeline differs."""
+    import torch
+    import torch.nn.functional as F
+    from hydra.utils import instantiate
+    from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+
+    cfg = compose("model=small_cnn", "dataset=glyphs", f"dataset.num_per_class={per_class}")
+    net, datamodule = _net_and_data(cfg)
+    optimizer = instantiate(cfg.optimizer)(net.parameters())
+    idx = torch.from_numpy(datamodule.train_idx)
+    dataset = TensorDataset(datamodule.data.images[idx], datamodule.data.labels[idx])
+    per_sample = DataLoader(dataset, batch_size=datamodule.batch_size, sampler=RandomSampler(dataset), num_workers=0)
+    batched = datamodule.train_dataloader()
+    epochs = 2 if quick else 3
+
+    def epochs_through(loader) -> float:
+        starts = []
+        for epoch in range(epochs):
+            starts.append(time.perf_counter())
+            if hasattr(loader.sampler, "set_epoch"):
+                loader.sampler.set_epoch(epoch)
+            for x, y in loader:
+                loss = F.cross_entropy(net(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        return _epoch_figures(starts, time.perf_counter(), [])["epoch_s"]
+
+    base, cand = _interleave(reps, lambda: epochs_through(per_sample), lambda: epochs_through(batched))
+    return {
+        "speedup": base / cand,
+        "per_sample_epoch_s": base,
+        "batched_epoch_s": cand,
+        "train_images": len(idx),
+        "glyphs_num_per_class": per_class,
+    }
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def cli_seconds(tmp: Path) -> dict[str, float]:
+    """Wall time of `trainwise --help` and `trainwise train --cfg job` (subprocesses, median of 3)."""
+    exe = str(BIN / "trainwise")
+
+    def wall(*args: str) -> float:
+        started = time.perf_counter()
+        subprocess.run([exe, *args], cwd=tmp, env=_env(), check=True, capture_output=True)
+        return time.perf_counter() - started
+
+    return {
+        "help": statistics.median(wall("--help") for _ in range(3)),
+        "cfg_job": statistics.median(wall("train", "--cfg", "job") for _ in range(3)),
+    }
+
+
+def glyphs_cached() -> bool:
+    from trainwise.paths import cache_dir
+
+    return any((cache_dir() / "glyphs").glob("glyphs_*_n1000_s0_px8.npz"))
+
+
+def demo_seconds(tmp: Path) -> dict[str, float]:
+    """`trainwise train experiment=compare` end to end in an empty folder (its own mlflow.db there)."""
+    folder = tmp / "demo"
+    folder.mkdir()
+    warm = glyphs_cached()
+    started = time.perf_counter()
+    done = subprocess.run(
+        [str(BIN / "trainwise"), "train", "experiment=compare"], cwd=folder, env=_env(), capture_output=True, text=True
+    )
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        print(done.stdout[-2000:], done.stderr[-2000:], file=sys.stderr)
+    return {"seconds": seconds, "glyphs_cache_warm": warm, "exit_code": done.returncode}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GPU (cannot run on the 2-core CPU machine; guarded by torch.cuda.is_available())
+
+
+def gpu_figures(tmp: Path, reps: int, quick: bool) -> dict[str, float]:
+    """On CUDA: resnet18 at 32x32, bf16 (trainwise recipe vs a plain bf16-autocast loop on device-resident
+    tensors), and head-only resnet50 at 224x224, cached features vs the backbone every step."""
+    import torch
+
+    if not torch.cuda.is_available():
+        print("--gpu: no CUDA device here; skipped", file=sys.stderr)
+        return {}
+    out: dict[str, float] = {"gpu_name": torch.cuda.get_device_name()}  # type: ignore[dict-item]
+    overrides = ("model=resnet18", "dataset=glyphs", "dataset.image_size=32", "accelerator=gpu")
+    if quick:
+        overrides += ("dataset.num_per_class=100",)
+    framework = framework_overhead(tmp, reps, quick, overrides, device="cuda")
+    out.update({f"gpu_resnet18_bf16_{k}": v for k, v in framework.items()})
+    out["gpu_framework_overhead_ratio"] = framework["ratio"]
+    cached = cached_features(tmp, reps, quick, model="resnet50", input_shape=(3, 224))
+    out.update({f"gpu_resnet50_224_{k}": v for k, v in cached.items()})
+    out["gpu_cached_features_speedup"] = cached["speedup"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _met(key: str, value: float) -> bool:
+    op, goal = GOALS[key]
+    return value <= goal if op == "<=" else value >= goal
+
+
+def _show(results: dict[str, object], notes: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="trainwise benchmarks")
+    for column in ("key", "value", "goal", "met?"):
+        table.add_column(column)
+    for key, (op, goal) in GOALS.items():
+        if key not in results:
+            table.add_row(key, "skipped", f"{op} {goal:g}", "-")
+            continue
+        value = float(results[key])  # type: ignore[arg-type]
+        met = _met(key, value)
+        table.add_row(key, f"{value:.3f}", f"{op} {goal:g}", "[green]yes[/]" if met else "[red]no[/]")
+    console = Console()
+    console.print(table)
+    for note in notes:
+        console.print(f"  {note}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="write the figures as one flat JSON object")
+    parser.add_argument("--quick", action="store_true", help="1 repetition, fewer epochs (while developing)")
+    parser.add_argument("--skip-demo", action="store_true", help="leave out demo_seconds (the longest part)")
+    parser.add_argument("--gpu", action="store_true", help="also measure on CUDA (resnet18 bf16, resnet50 cached)")
+    args = parser.parse_args(argv)
+
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # it would win over the temporary stores
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    import torch
+
+    reps = 1 if args.quick else 3
+    results: dict[str, object] = {
+        "reps": reps,
+        "quick": args.quick,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "glyphs_cache_warm_at_start": glyphs_cached(),
+    }
+    notes: list[str] = []
+    started = time.perf_counter()
+
+    def step(name: str, fn):
+        t0 = time.perf_counter()
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        value = fn()
+        print(f"[bench] {name}: {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+        return value
+
+    with tempfile.TemporaryDirectory(prefix="trainwise-bench-") as folder:
+        tmp = Path(folder)
+        cli = step("cli", lambda: cli_seconds(tmp))
+        results["cli_help_seconds"], results["cfg_job_seconds"] = cli["help"], cli["cfg_job"]
+
+        fw = step("framework_overhead", lambda: framework_overhead(tmp, reps, args.quick))
+        results["framework_overhead_ratio"] = fw.pop("ratio")
+        results.update({f"framework_{k}": v for k, v in fw.items()})
+
+        tr = step("tracking_overhead", lambda: tracking_overhead(tmp, reps, args.quick))
+        results["tracking_overhead_ratio"] = tr.pop("ratio")
+        results.update({f"tracking_{k}": v for k, v in tr.items()})
+
+        cf = step("cached_features", lambda: cached_features(tmp, reps, args.quick))
+        results["cached_features_speedup"] = cf.pop("speedup")
+        results.update({f"cached_resnet18_32_{k}": v for k, v in cf.items()})
+
+        dr = step("device_resident", lambda: device_resident(reps, args.quick))
+        results["device_resident_speedup"] = dr.pop("speedup")
+        results.update({f"device_resident_{k}": v for k, v in dr.items()})
+        notes.append(
+            f"device_resident_speedup: glyphs subset, num_per_class={GLYPHS_PER_CLASS_CPU} "
+            f"({dr['train_images']} training images), not the full 62,000"
+        )
+
+        if not args.skip_demo:
+            demo = step("demo", lambda: demo_seconds(tmp))
+            results["demo_seconds"] = demo["seconds"]
+            results["demo_glyphs_cache_warm"] = demo["glyphs_cache_warm"]
+            results["demo_exit_code"] = demo["exit_code"]
+            notes.append(f"demo_seconds: glyphs cache {'warm' if demo['glyphs_cache_warm'] else 'cold (generated)'}")
+
+        if args.gpu:
+            results.update(step("gpu", lambda: gpu_figures(tmp, reps, args.quick)))
+
+    results["bench_seconds"] = time.perf_counter() - started
+    _show(results, notes)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
