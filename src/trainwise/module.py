@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 CHECK_EVERY = 50  # steps between checks that the training loss is still finite
 
@@ -43,6 +43,10 @@ class ClassificationModule(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # Test-only extras: top-5 (when there are at least 5 classes), macro F1, and the confusion matrix.
+        self.test_top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if num_classes >= 5 else None
+        self.test_f1 = MulticlassF1Score(num_classes, average="macro")
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
         # Counts non-finite training losses on the device; read every CHECK_EVERY steps, not every step.
         self.register_buffer("nonfinite_losses", torch.zeros((), dtype=torch.int64), persistent=False)
 
@@ -59,6 +63,8 @@ class ClassificationModule(pl.LightningModule):
     def _step(self, batch, stage: str, accuracy: MulticlassAccuracy):
         images, labels = batch
         logits = self(images)
+        if stage == "test":
+            self._test_extras(logits, labels)
         loss = F.cross_entropy(logits, labels)
         accuracy(logits, labels)
         # on_epoch only: Lightning accumulates on the device, so there is no host sync per step.
@@ -90,6 +96,15 @@ class ClassificationModule(pl.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self._step(batch, "test", self.test_acc)
+
+    def _test_extras(self, logits, labels) -> None:
+        n = len(labels)
+        if self.test_top5 is not None:
+            self.test_top5(logits, labels)
+            self.log("test/acc_top5", self.test_top5, on_step=False, on_epoch=True, batch_size=n)
+        self.test_f1(logits, labels)
+        self.log("test/f1_macro", self.test_f1, on_step=False, on_epoch=True, batch_size=n)
+        self.test_confusion.update(logits, labels)
 
     def configure_optimizers(self):
         optimizer = instantiate(self.optimizer_cfg)(self.param_groups)

@@ -92,7 +92,7 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
     from trainwise.module import ClassificationModule
     from trainwise.strategies import pretrained
     from trainwise.strategies.freeze import freeze, param_groups
-    from trainwise.tracking import TrackedRun
+    from trainwise.tracking import TrackedRun, register_foundation
 
     data_cfg = strategies.training_data(cfg)
     experiment_id = store.experiment_id(cfg.tracking.experiment)
@@ -107,7 +107,10 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
         foundation = None
         if strategies.uses_pretrained(cfg) and resume is None:
             foundation = pretrained.resolve(
-                cfg.strategy.pretrained, store, lambda: _find_or_train_foundation(cfg, ctx, store, tracked.run_id)
+                cfg.strategy.pretrained,
+                store,
+                lambda: _find_or_train_foundation(cfg, ctx, store, tracked.run_id),
+                model_name=cfg.model.name,
             )
             tracked.set_tags({"trainwise.foundation_run": foundation.run_id or foundation.source})
 
@@ -123,7 +126,9 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
         channels, image_size = datamodule.input_shape
         net = build_model(cfg.model, datamodule.num_classes, channels, image_size)
         if foundation is not None:
-            pretrained.load_into(net, foundation)
+            skipped = pretrained.load_into(net, foundation)
+            if skipped:  # the foundation's own head: replaced by a new one for this data's classes
+                tracked.set_tags({"trainwise.skipped_keys": ", ".join(skipped)[:5000]})
         frozen = freeze(net, cfg.strategy.get("freeze", "none"))
         prepared = time.perf_counter()
         cached = strategies.caches_features(cfg)
@@ -180,9 +185,13 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
             "model/params_total": float(total),
             "model/params_trainable": float(trainable),
         }
+        metrics |= {k: float(tested[k]) for k in ("test/acc_top5", "test/f1_macro") if k in tested}
         if checkpoint.best_model_score is not None:
             metrics["val/acc_best"] = float(checkpoint.best_model_score)
+        _log_confusion_matrix(tracked, module.test_confusion.compute(), datamodule.data.class_names, ctx.job_dir)
         tracked.log_metrics(metrics, step=trainer.global_step)
+        if cfg.strategy.data == "source":
+            register_foundation(store, tracked.run_id, cfg.model.name, cfg.source.name)
     _print_finished(cfg, tracked.run_id, experiment_id, metrics)
     return RunResult(tracked.run_id, experiment_id, metrics)
 
@@ -237,6 +246,32 @@ def _find_or_train_foundation(cfg: DictConfig, ctx: JobContext, store, finetune_
         overrides = [o for o in ctx.overrides if not o.lstrip("+~").startswith("strategy")] + ["strategy=full"]
         full_ctx = replace(ctx, job_dir=ctx.job_dir / "foundation", overrides=overrides)
         return _train_and_log(full_cfg, full_ctx, store).run_id
+
+
+def _log_confusion_matrix(tracked, matrix, class_names: list[str], job_dir: Path) -> None:
+    """plots/confusion_matrix.png (rows: true class, columns: predicted) and the counts as JSON."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = matrix.cpu().numpy()
+    size = min(12.0, 2.5 + 0.35 * len(class_names))
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(counts, cmap="Blues")
+    ticks = range(len(class_names))
+    ax.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true", title="Test confusion matrix")
+    ax.set_xticklabels(class_names, fontsize=7, rotation=90)
+    ax.set_yticklabels(class_names, fontsize=7)
+    fig.tight_layout()
+    job_dir.mkdir(parents=True, exist_ok=True)
+    path = job_dir / "confusion_matrix.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    tracked.log_artifact(path, "plots")
+    tracked.log_text(json.dumps({"classes": class_names, "counts": counts.tolist()}), "plots/confusion_matrix.json")
 
 
 def _foundation_lock(store, foundation_hash: str):

@@ -364,6 +364,7 @@ def load_glyphs(
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, images=images, labels=labels, class_names=np.array(names))
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; caches may be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -28,3 +28,19 @@ def find_finished_run(store, experiment_id: str, config_hash: str):
         max_results=1,
     )
     return runs[0] if runs else None
+
+
+def register_foundation(store, run_id: str, model: str, source: str) -> str:
+    """Register a full run's checkpoints as a new version of `trainwise-<model>-<source>` and move the alias
+    `newest` to it: `strategy.pretrained=models:/trainwise-<model>-<source>@newest` (or `/latest`, MLflow's own
+    name for the highest version; MLflow reserves `latest` as an alias name)."""
+    from mlflow.exceptions import MlflowException
+
+    name = f"trainwise-{model}-{source}"
+    try:
+        store.client.create_registered_model(name)
+    except MlflowException:
+        pass  # already registered
+    version = store.client.create_model_version(name, source=f"runs:/{run_id}/checkpoints", run_id=run_id)
+    store.client.set_registered_model_alias(name, "newest", version.version)
+    return version.version
