@@ -144,3 +144,47 @@ def test_cached_features_train_the_same_head_as_running_the_backbone(tmp_path, s
         }
     for key, value in heads["true"].items():
         torch.testing.assert_close(value, heads["false"][key], rtol=1e-5, atol=1e-6)
+
+
+def test_layer_decay_lr_scales_reach_the_optimizer_after_a_scheduler_step():
+    from timm.optim import param_groups_layer_decay
+
+    net = build_model(compose_config("model=timm", "model.name=test_resnet").model, 4, 1, 8)
+    expected = sorted({round(g["lr_scale"], 6) for g in param_groups_layer_decay(net.backbone, layer_decay=0.5)})
+    data = _tiny_data()
+    cfg = compose_config("scheduler=cosine", "scheduler.eta_min_ratio=0.5")
+    module = ClassificationModule(
+        net, 4, cfg.optimizer, cfg.scheduler, param_groups(net, 0.01, 0.1, layer_decay=0.5), [], checkpoint_meta={}
+    )
+    trainer = pl.Trainer(max_steps=10, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    optimizer = trainer.optimizers[0]
+    head_lr = next(g["lr"] for g in optimizer.param_groups if g["name"] == "head")
+    backbone = sorted({round(g["lr"] / (head_lr * 0.1), 6) for g in optimizer.param_groups if g["name"] != "head"})
+    assert head_lr < 0.01  # the cosine schedule has moved every group...
+    assert backbone == expected and len(expected) > 2  # ...and each kept its layer-wise scale
+
+
+def test_unfreeze_at_epoch_keeps_the_backbone_frozen_until_then():
+    from trainwise.strategies.unfreeze import UnfreezeBackbone
+
+    net = build_model(compose_config("model=timm", "model.name=test_resnet").model, 4, 1, 8)
+    frozen = freeze(net, "backbone")
+    data = _tiny_data()
+    cfg = compose_config()
+    module = ClassificationModule(net, 4, cfg.optimizer, cfg.scheduler, param_groups(net, 0.01, 0.1), frozen, {})
+    seen = []
+
+    class Watch(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            seen.append(_snapshot(pl_module.net.backbone))
+
+    before = _snapshot(net.backbone)
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                         callbacks=[UnfreezeBackbone(at_epoch=2, lr=0.001), Watch()])  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    assert all(torch.equal(seen[1][k], v) for k, v in before.items())  # epochs 0 and 1: frozen, BN stats too
+    assert any(not torch.equal(seen[2][k], v) for k, v in before.items())  # epoch 2: training
+    assert [g["lr"] for g in trainer.optimizers[0].param_groups][-1] == 0.001

@@ -143,7 +143,13 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
             datamodule.num_classes,
             cfg.optimizer,
             cfg.scheduler,
-            param_groups(net, cfg.optimizer.lr, strategies.backbone_lr_mult(cfg)),
+            param_groups(
+                net,
+                cfg.optimizer.lr,
+                strategies.backbone_lr_mult(cfg),
+                layer_decay=cfg.strategy.get("layer_decay"),
+                weight_decay=cfg.optimizer.get("weight_decay", 0.0),
+            ),
             frozen,
             checkpoint_meta={
                 "model": to_container(cfg.model),
@@ -158,7 +164,8 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
         # Fit (from the resume checkpoint, if any), then test the best checkpoint (by val/acc). Whatever
         # happens, the checkpoints written so far are logged.
         max_epochs = max(cfg.trainer.max_epochs, math.ceil(cfg.min_train_steps / datamodule.steps_per_epoch()))
-        trainer, checkpoint, counter, stop = _build_trainer(cfg, tracked, ctx.job_dir, max_epochs)
+        extra = [c for c in [strategies.unfreeze_callback(cfg)] if c is not None]
+        trainer, checkpoint, counter, stop = _build_trainer(cfg, tracked, ctx.job_dir, max_epochs, extra)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         try:
@@ -281,7 +288,7 @@ def _foundation_lock(store, foundation_hash: str):
     return FileLock(str(store.lock_dir / f"foundation-{foundation_hash}.lock"))
 
 
-def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, max_epochs: int):
+def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, max_epochs: int, extra_callbacks: list | None = None):
     import warnings
 
     import pytorch_lightning as pl
@@ -313,7 +320,13 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, max_epochs: int):
     )
     counter, stop = SampleCounter(), GracefulStop()
     interactive = sys.stdout.isatty()
-    callbacks = [checkpoint, counter, stop, RichProgressBar() if interactive else EpochLines()]
+    callbacks = [
+        checkpoint,
+        counter,
+        stop,
+        *(extra_callbacks or []),
+        RichProgressBar() if interactive else EpochLines(),
+    ]
     passthrough = {k: v for k, v in to_container(cfg.trainer).items() if v is not None}
     passthrough["max_epochs"] = max_epochs
     trainer = pl.Trainer(

@@ -61,8 +61,20 @@ def uses_pretrained(cfg: DictConfig) -> bool:
 
 
 def caches_features(cfg: DictConfig) -> bool:
-    """Head-only training (frozen backbone) on features computed once, unless strategy.cache_features=false."""
-    return cfg.strategy.get("freeze") == "backbone" and str(cfg.strategy.get("cache_features", "auto")) != "False"
+    """Head-only training (frozen backbone, never unfrozen) on features computed once, unless
+    strategy.cache_features=false."""
+    head_only = cfg.strategy.get("freeze") == "backbone" and cfg.strategy.get("unfreeze_at_epoch") is None
+    return head_only and str(cfg.strategy.get("cache_features", "auto")) != "False"
+
+
+def unfreeze_callback(cfg: DictConfig):
+    """Lightning callback for strategy.unfreeze_at_epoch (gradual unfreezing, LP-FT), or None."""
+    at_epoch = cfg.strategy.get("unfreeze_at_epoch")
+    if at_epoch is None:
+        return None
+    from trainwise.strategies.unfreeze import UnfreezeBackbone
+
+    return UnfreezeBackbone(at_epoch, cfg.optimizer.lr * backbone_lr_mult(cfg))
 
 
 def backbone_lr_mult(cfg: DictConfig) -> float:

@@ -55,14 +55,26 @@ def freeze(net: nn.Module, spec: str) -> list[nn.Module]:
     ]
 
 
-def param_groups(net: nn.Module, lr: float, backbone_lr_mult: float) -> list[dict]:
-    """Head at `lr`, trainable backbone at `lr * backbone_lr_mult` (discriminative fine-tuning)."""
-    groups = [
-        {"params": [p for p in net.head.parameters() if p.requires_grad], "lr": lr, "name": "head"},
-        {
-            "params": [p for p in net.backbone.parameters() if p.requires_grad],
-            "lr": lr * backbone_lr_mult,
-            "name": "backbone",
-        },
-    ]
-    return [g for g in groups if g["params"]]
+def param_groups(
+    net: nn.Module, lr: float, backbone_lr_mult: float, layer_decay: float | None = None, weight_decay: float = 0.0
+) -> list[dict]:
+    """Head at `lr`, trainable backbone at `lr * backbone_lr_mult` (discriminative fine-tuning); with
+    `layer_decay`, timm's layer-wise decay on top: each backbone group's LR is scaled by its `lr_scale`.
+
+    timm only stores `lr_scale` in each group and leaves applying it to its own schedulers; here the scale is
+    folded into the group's `lr`, so any torch scheduler (which scales each group's initial LR) keeps it.
+    """
+    head = {"params": [p for p in net.head.parameters() if p.requires_grad], "lr": lr, "name": "head"}
+    backbone_lr = lr * backbone_lr_mult
+    if layer_decay is None:
+        trainable = [p for p in net.backbone.parameters() if p.requires_grad]
+        backbone = [{"params": trainable, "lr": backbone_lr, "name": "backbone"}]
+    else:
+        from timm.optim import param_groups_layer_decay
+
+        backbone = param_groups_layer_decay(net.backbone, weight_decay=weight_decay, layer_decay=float(layer_decay))
+        for i, group in enumerate(backbone):
+            group["params"] = [p for p in group["params"] if p.requires_grad]
+            group["lr"] = backbone_lr * group.get("lr_scale", 1.0)
+            group["name"] = f"backbone.{i}"
+    return [g for g in [head, *backbone] if g["params"]]
