@@ -132,6 +132,7 @@ def _ui(args: list[str]) -> int:
 def _default_experiment_id(uri: str) -> str | None:
     from mlflow import MlflowClient
 
-    experiments = MlflowClient(tracking_uri=uri).search_experiments(order_by=["last_update_time DESC"])
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiments = client.search_experiments(order_by=["last_update_time DESC"])
     named = [e for e in experiments if e.name != "Default"]
     return named[0].experiment_id if named else None

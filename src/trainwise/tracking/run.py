@@ -36,7 +36,7 @@ class TrackedRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        _flush_async_logging()
+        _flush_async_logging(self.client)
         if exc is None:
             status = "FINISHED"
         elif issubclass(exc_type, KeyboardInterrupt):
@@ -81,10 +81,11 @@ def _param_value(value: object) -> str:
     return text if len(text) <= _MAX_PARAM_CHARS else text[: _MAX_PARAM_CHARS - 3] + "..."
 
 
-def _flush_async_logging() -> None:
-    import mlflow
-
-    mlflow.flush_async_logging()
+def _flush_async_logging(client) -> None:
+    # The store of this client, not mlflow.flush_async_logging(): the fluent API resolves the default URI and
+    # would create ./mlflow.db when the run lives on a server. MLflow caches one store per URI, so this is the
+    # store Lightning's logger queued its metrics on.
+    client._tracking_client.store.flush_async_logging()
 
 
 class RunLogger(MLFlowLogger):
@@ -96,12 +97,12 @@ class RunLogger(MLFlowLogger):
     """
 
     def __init__(self, tracked: TrackedRun):
-        super().__init__(
-            experiment_name=None,
-            tracking_uri=tracked.store.uri,
-            run_id=tracked.run_id,
-            synchronous=False,
-        )
+        from trainwise.tracking.store import registry_env
+
+        with registry_env(tracked.store.uri):
+            super().__init__(
+                experiment_name=None, tracking_uri=tracked.store.uri, run_id=tracked.run_id, synchronous=False
+            )
         # Bound to an existing run: skip Lightning's lazy lookup, which calls mlflow.set_tracking_uri and so (in
         # MLflow 3) sets MLFLOW_TRACKING_URI for the whole process, leaking this store into later runs.
         self._experiment_id = tracked.experiment_id

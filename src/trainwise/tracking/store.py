@@ -87,7 +87,7 @@ def open_store(configured_uri: str) -> Store:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         # One quick try: MLflow's default retries would keep a user waiting minutes for a server that is down.
         with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
@@ -99,6 +99,11 @@ def open_store(configured_uri: str) -> Store:
             "start the server or set tracking.uri / MLFLOW_TRACKING_URI"
         ) from None
     return Store(uri=uri, client=client)
+
+
+def registry_env(uri: str):
+    """MLflow clients made without a registry URI fall back to the default store and create ./mlflow.db."""
+    return _env(MLFLOW_REGISTRY_URI=uri)
 
 
 @contextmanager
