@@ -117,10 +117,13 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
         # Data: the slot the strategy trains on, shaped as the foundation (or the resumed model) expects.
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         input_shape = resume.input_shape if resume else (foundation.input_shape if foundation else None)
-        datamodule = build_datamodule(data_cfg, cfg.seed, input_shape)
+        # Tiny labelled sets: each epoch repeats the data so the run sees min_train_steps steps in max_epochs.
+        min_batches = math.ceil(cfg.min_train_steps / cfg.trainer.max_epochs)
+        datamodule = build_datamodule(data_cfg, cfg.seed, input_shape, min_batches)
         if resume is None:
             sizes = {f"data.{k}_size": v for k, v in datamodule.sizes().items()}
-            tracked.log_params(sizes | {"data.num_classes": datamodule.num_classes})
+            facts = {"data.num_classes": datamodule.num_classes, "data.steps_per_epoch": datamodule.steps_per_epoch()}
+            tracked.log_params(sizes | facts)
 
         # Model: backbone + a new head for this data's classes; then what the strategy freezes.
         channels, image_size = datamodule.input_shape
@@ -163,9 +166,8 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
 
         # Fit (from the resume checkpoint, if any), then test the best checkpoint (by val/acc). Whatever
         # happens, the checkpoints written so far are logged.
-        max_epochs = max(cfg.trainer.max_epochs, math.ceil(cfg.min_train_steps / datamodule.steps_per_epoch()))
         extra = [c for c in [strategies.unfreeze_callback(cfg)] if c is not None]
-        trainer, checkpoint, counter, stop = _build_trainer(cfg, tracked, ctx.job_dir, max_epochs, extra)
+        trainer, checkpoint, counter, stop = _build_trainer(cfg, tracked, ctx.job_dir, extra)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         try:
@@ -234,7 +236,7 @@ def _finished_twin(cfg: DictConfig, store, parent_run_id: str | None) -> RunResu
 
 def _identity(cfg: DictConfig) -> dict:
     """The config keys that define what a run computes (not where it is tracked or how it was launched)."""
-    return {k: v for k, v in to_container(cfg).items() if k not in ("tracking", "resume", "sweep")}
+    return {k: v for k, v in to_container(cfg).items() if k not in ("tracking", "resume", "sweep", "trust")}
 
 
 def _find_or_train_foundation(cfg: DictConfig, ctx: JobContext, store, finetune_run_id: str) -> str:
@@ -288,7 +290,7 @@ def _foundation_lock(store, foundation_hash: str):
     return FileLock(str(store.lock_dir / f"foundation-{foundation_hash}.lock"))
 
 
-def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, max_epochs: int, extra_callbacks: list | None = None):
+def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: list | None = None):
     import warnings
 
     import pytorch_lightning as pl
@@ -328,7 +330,6 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, max_epochs: int, ext
         RichProgressBar() if interactive else EpochLines(),
     ]
     passthrough = {k: v for k, v in to_container(cfg.trainer).items() if v is not None}
-    passthrough["max_epochs"] = max_epochs
     trainer = pl.Trainer(
         accelerator=accel.accelerator,
         devices=accel.devices,

@@ -73,9 +73,10 @@ class TensorDataModule(pl.LightningDataModule):
     A split the data predefines (`test_mask`, `val_mask`) is used as it is, and the training pool is what is
     in neither; the val mask may equal the test mask (validating on the test split, as some examples do)."""
 
-    def __init__(self, data: ImageTensors, cfg, seed: int):
+    def __init__(self, data: ImageTensors, cfg, seed: int, min_train_batches: int = 1):
         super().__init__()
         self.data = data
+        self.min_train_batches = min_train_batches  # tiny training sets: several passes per epoch
         self.batch_size = int(cfg.batch_size)
         self.num_workers = int(cfg.get("num_workers", 0))
         self.seed = seed
@@ -106,13 +107,14 @@ class TensorDataModule(pl.LightningDataModule):
         return {"train": len(self.train_idx), "val": len(self.val_idx), "test": len(self.test_idx)}
 
     def steps_per_epoch(self) -> int:
-        return max(1, -(-len(self.train_idx) // self.batch_size))
+        return len(EpochBatches(len(self.train_idx), self.batch_size, self.seed, True, self.min_train_batches))
 
     def _loader(self, indices: np.ndarray, shuffle: bool) -> DataLoader:
         idx = torch.from_numpy(indices)
         dataset = TensorDataset(self.data.images[idx], self.data.labels[idx])
         # Index the tensors with a whole batch of indices at once: no per-sample collation.
-        batches = EpochBatches(len(dataset), self.batch_size, self.seed, shuffle)
+        min_batches = self.min_train_batches if shuffle else 1
+        batches = EpochBatches(len(dataset), self.batch_size, self.seed, shuffle, min_batches)
         return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
