@@ -16,15 +16,31 @@ class SampleCounter(pl.Callback):
 
 
 class EpochLines(pl.Callback):
-    """One plain line per epoch, for logs and CI where a progress bar would be noise (not a TTY)."""
+    """One plain line per epoch, for logs and CI where a progress bar would be noise (not a TTY).
+
+    The module logs an epoch's train metrics in its own on_train_epoch_end, which Lightning calls after this
+    callback's, so each line is printed when the next epoch starts (or training ends)."""
+
+    def __init__(self):
+        self._pending: int | None = None
 
     def on_train_epoch_end(self, trainer, pl_module):
-        # Lightning validates before this hook, so the epoch's val metrics are ready here.
+        self._pending = trainer.current_epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._print(trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        self._print(trainer)
+
+    def _print(self, trainer) -> None:
+        if self._pending is None:
+            return
         shown = ("train/loss", "val/loss", "val/acc")
-        values = "  ".join(
-            f"{k} {float(trainer.callback_metrics[k]):.4f}" for k in shown if k in trainer.callback_metrics
-        )
-        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {values}", flush=True)
+        metrics = trainer.callback_metrics
+        values = "  ".join(f"{k} {float(metrics[k]):.4f}" for k in shown if k in metrics)
+        print(f"epoch {self._pending + 1}/{trainer.max_epochs}  {values}", flush=True)
+        self._pending = None
 
 
 class GracefulStop(pl.Callback):

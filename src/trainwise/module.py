@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 CHECK_EVERY = 50  # steps between checks that the training loss is still finite
@@ -40,12 +41,21 @@ class ClassificationModule(pl.LightningModule):
             module.eval()
         self.checkpoint_meta = checkpoint_meta
         self.features_cached = features_cached  # inputs are backbone features: only the head runs
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # Per stage: mean loss and accuracy, accumulated on the device each step and logged once per epoch
+        # (a self.log call per step costs Lightning about a millisecond; on small models that is the overhead).
+        self.stage_metrics = nn.ModuleDict(
+            {
+                # keys "<stage>_split": ModuleDict keys must not shadow Module attributes such as train()
+                f"{stage}_split": nn.ModuleDict(
+                    {"loss": MeanMetric(), "acc": MulticlassAccuracy(num_classes, average="micro")}
+                )
+                for stage in ("train", "val", "test")
+            }
+        )
         # Test-only extras: top-5 (when there are at least 5 classes), macro F1, and the confusion matrix.
-        self.test_top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if num_classes >= 5 else None
-        self.test_f1 = MulticlassF1Score(num_classes, average="macro")
+        self.test_extras = nn.ModuleDict({"f1_macro": MulticlassF1Score(num_classes, average="macro")})
+        if num_classes >= 5:
+            self.test_extras["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         # Counts non-finite training losses on the device; read every CHECK_EVERY steps, not every step.
         self.register_buffer("nonfinite_losses", torch.zeros((), dtype=torch.int64), persistent=False)
@@ -60,20 +70,29 @@ class ClassificationModule(pl.LightningModule):
             module.eval()
         return self
 
-    def _step(self, batch, stage: str, accuracy: MulticlassAccuracy):
+    def _step(self, batch, stage: str):
         images, labels = batch
         logits = self(images)
-        if stage == "test":
-            self._test_extras(logits, labels)
         loss = F.cross_entropy(logits, labels)
-        accuracy(logits, labels)
-        # on_epoch only: Lightning accumulates on the device, so there is no host sync per step.
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(labels))
-        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, batch_size=len(labels))
+        metrics = self.stage_metrics[f"{stage}_split"]
+        metrics["loss"].update(loss.detach(), weight=len(labels))
+        metrics["acc"].update(logits.detach(), labels)
+        if stage == "test":
+            for metric in self.test_extras.values():
+                metric.update(logits, labels)
+            self.test_confusion.update(logits, labels)
         return loss
 
+    def _log_epoch(self, stage: str) -> None:
+        metrics = {f"{stage}/{name}": metric for name, metric in self.stage_metrics[f"{stage}_split"].items()}
+        if stage == "test":
+            metrics |= {f"test/{name}": metric for name, metric in self.test_extras.items()}
+        for name, metric in metrics.items():
+            self.log(name, metric.compute())
+            metric.reset()
+
     def training_step(self, batch, batch_idx):
-        loss = self._step(batch, "train", self.train_acc)
+        loss = self._step(batch, "train")
         self.nonfinite_losses += (~torch.isfinite(loss)).long()
         return loss
 
@@ -83,6 +102,7 @@ class ClassificationModule(pl.LightningModule):
 
     def on_train_epoch_end(self):
         self._stop_if_diverged()
+        self._log_epoch("train")
 
     def _stop_if_diverged(self) -> None:
         if int(self.nonfinite_losses) > 0:  # the one host sync, every CHECK_EVERY steps
@@ -92,19 +112,16 @@ class ClassificationModule(pl.LightningModule):
             )
 
     def validation_step(self, batch, batch_idx):
-        self._step(batch, "val", self.val_acc)
+        self._step(batch, "val")
+
+    def on_validation_epoch_end(self):
+        self._log_epoch("val")
 
     def test_step(self, batch, batch_idx):
-        self._step(batch, "test", self.test_acc)
+        self._step(batch, "test")
 
-    def _test_extras(self, logits, labels) -> None:
-        n = len(labels)
-        if self.test_top5 is not None:
-            self.test_top5(logits, labels)
-            self.log("test/acc_top5", self.test_top5, on_step=False, on_epoch=True, batch_size=n)
-        self.test_f1(logits, labels)
-        self.log("test/f1_macro", self.test_f1, on_step=False, on_epoch=True, batch_size=n)
-        self.test_confusion.update(logits, labels)
+    def on_test_epoch_end(self):
+        self._log_epoch("test")
 
     def configure_optimizers(self):
         optimizer = instantiate(self.optimizer_cfg)(self.param_groups)
