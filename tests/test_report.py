@@ -73,7 +73,7 @@ def test_table_rows_are_mean_and_std_over_seeds(known_sweep, tmp_path):
     summary = " ".join(report.summary)
     assert "Best test accuracy on the target data: finetune" in summary
     assert "did not finish" in summary
-    assert "pays for itself in time after 8.0 fine-tunes" in summary  # 40 s / (10 s - 5 s)
+    assert "pays for itself in time after 8.0 fine-tunes" in summary  # 40 s / (10 s - 5 s), failed run left out
     assert report.best_run().metrics["val/acc_best"] == 0.98
     assert {p.name for p in report.files} >= {"report.md", "report.html", "val_acc.png", "accuracy_vs_cost.png"}
 

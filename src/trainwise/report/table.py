@@ -140,18 +140,16 @@ def summary_lines(rows: list[Row], records: list[RunRecord]) -> list[str]:
             f"({mean_ft:.1f} s); shared by the {len(finetunes)} fine-tune(s) here it adds "
             f"{pretrain / len(finetunes):.1f} s to each."
         )
-        scratch = [r for r in rows if r.key[0] == "scratch"]
+        scratch = [r.metrics["cost/fit_seconds"] for r in records if r.strategy == "scratch" and not r.failed]
         if scratch:
-            saved = (scratch[0].mean("cost/fit_seconds") or 0) - mean_ft
+            saved = statistics.fmean(scratch) - mean_ft
             if saved > 0:
                 lines.append(
-                    f"A fine-tune fits {saved:.1f} s faster than scratch, so the pretraining pays for itself in time "
-                    f"after {pretrain / saved:.1f} fine-tunes."
+                    f"A fine-tune fits {saved:.1f} s faster than scratch on average, so the pretraining pays for "
+                    f"itself in time after {pretrain / saved:.1f} fine-tunes."
                 )
             else:
-                lines.append(
-                    "A fine-tune does not fit faster than scratch here, so pretraining never pays back in time."
-                )
+                lines.append("A fine-tune does not fit faster than scratch here: pretraining never pays back in time.")
     failed = [r for r in records if r.failed]
     if failed:
         lines.append(
