@@ -52,6 +52,14 @@ def test_scratch_records_the_whole_contract(tmp_path, store_uri):
     assert run.data.metrics["model/params_trainable"] == run.data.metrics["model/params_total"]
     text = client.download_artifacts(result.run_id, "config/config.yaml", str(tmp_path))
     assert "name: scratch" in open(text).read()
+    (data,) = run.inputs.dataset_inputs  # the UI's Datasets column
+    assert data.dataset.name == "digits" and len(data.dataset.digest) == 16
+    assert '"train": ' in data.dataset.profile and data.tags[0].value == "training"
+    import json
+
+    classes = json.load(open(client.download_artifacts(result.run_id, "data/classes.json", str(tmp_path))))
+    assert classes["classes"] == [str(d) for d in range(10)]
+    assert sum(classes["counts"]["train"].values()) == int(run.data.params["data.train_size"])
 
 
 def test_full_trains_on_the_source_with_the_foundation_budget(tmp_path, store_uri):

@@ -124,6 +124,7 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
             sizes = {f"data.{k}_size": v for k, v in datamodule.sizes().items()}
             facts = {"data.num_classes": datamodule.num_classes, "data.steps_per_epoch": datamodule.steps_per_epoch()}
             tracked.log_params(sizes | facts)
+            _log_data(tracked, data_cfg, datamodule)
 
         # Model: backbone + a new head for this data's classes; then what the strategy freezes.
         channels, image_size = datamodule.input_shape
@@ -255,6 +256,18 @@ def _find_or_train_foundation(cfg: DictConfig, ctx: JobContext, store, finetune_
         overrides = [o for o in ctx.overrides if not o.lstrip("+~").startswith("strategy")] + ["strategy=full"]
         full_ctx = replace(ctx, job_dir=ctx.job_dir / "foundation", overrides=overrides)
         return _train_and_log(full_cfg, full_ctx, store).run_id
+
+
+def _log_data(tracked, data_cfg: DictConfig, datamodule) -> None:
+    """The data as an MLflow dataset input (name, source, content digest, sizes) and the classes with their
+    per-split counts (`data/classes.json`)."""
+    import json
+
+    source = {k: data_cfg.get(k) for k in ("name", "root", "generator_seed", "num_per_class") if data_cfg.get(k)}
+    profile = datamodule.sizes() | {"num_classes": datamodule.num_classes}
+    tracked.log_dataset(data_cfg.name, datamodule.digest(), source, profile, context="training")
+    classes = {"classes": datamodule.data.class_names, "counts": datamodule.class_counts()}
+    tracked.log_text(json.dumps(classes, indent=1), "data/classes.json")
 
 
 def _log_confusion_matrix(tracked, matrix, class_names: list[str], job_dir: Path) -> None:

@@ -103,6 +103,24 @@ class TensorDataModule(pl.LightningDataModule):
         """(channels, image_size)."""
         return int(self.data.images.shape[1]), int(self.data.images.shape[-1])
 
+    def digest(self) -> str:
+        """A short content hash of the images and labels (what a run trained and was tested on)."""
+        import hashlib
+
+        hasher = hashlib.sha256(self.data.images.numpy().tobytes())
+        hasher.update(self.data.labels.numpy().tobytes())
+        return hasher.hexdigest()[:16]
+
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        """Images per class in each split."""
+        labels = self.data.labels.numpy()
+        names = self.data.class_names
+        splits = {"train": self.train_idx, "val": self.val_idx, "test": self.test_idx}
+        return {
+            split: {names[c]: int(n) for c, n in enumerate(np.bincount(labels[idx], minlength=len(names)))}
+            for split, idx in splits.items()
+        }
+
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train_idx), "val": len(self.val_idx), "test": len(self.test_idx)}
 

@@ -72,6 +72,15 @@ class TrackedRun:
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
 
+    def log_dataset(self, name: str, digest: str, source: dict, profile: dict, context: str) -> None:
+        """An MLflow dataset input, so the UI shows which data a run used (its Datasets column and tab)."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name, digest, "trainwise", json.dumps(source), profile=json.dumps(profile))
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+
     def log_artifact(self, path: str | Path, artifact_dir: str) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_dir)
 
