@@ -91,3 +91,36 @@ def test_secrets_are_masked_in_params_and_config_artifacts(tmp_path, store_uri):
         text = open(client.download_artifacts(result.run_id, artifact, str(tmp_path))).read()
         assert secret not in text and "***" in text
     assert all(secret not in value for value in {**run.data.params, **run.data.tags}.values())
+
+
+@pytest.mark.slow
+def test_sqlite_locking_is_retried_with_backoff(tmp_path, store_uri):
+    """A writer holding the SQLite file longer than MLflow's busy timeout (20 s): MLflow alone fails with
+    "database is locked"; trainwise's client backs off, retries and succeeds."""
+    import sqlite3
+    import threading
+    import time
+
+    from trainwise.tracking import open_store
+
+    store = open_store(store_uri)
+    experiment_id = store.experiment_id("locked")
+    run_id = store.client.create_run(experiment_id).info.run_id
+    blocker = sqlite3.connect(str(tmp_path / "mlflow.db"), check_same_thread=False)
+    blocker.execute("BEGIN EXCLUSIVE")
+    threading.Timer(23.0, blocker.rollback).start()
+    started = time.monotonic()
+    store.client.set_tag(run_id, "written", "despite the lock")
+    assert time.monotonic() - started >= 20
+    assert store.client.get_run(run_id).data.tags["written"] == "despite the lock"
+    blocker.close()
+
+
+def test_four_parallel_jobs_on_one_sqlite_store_record_every_run(tmp_path):
+    args = ["train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "seed=0,1,2,3", "profile=smoke"]
+    result = _cli(tmp_path, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = _all_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    jobs = [r for r in runs if r.data.tags.get("trainwise.role") == "job"]
+    assert sorted(r.data.params["seed"] for r in jobs) == ["0", "1", "2", "3"]
+    assert all(r.info.status == "FINISHED" for r in runs)

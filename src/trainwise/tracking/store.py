@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +100,39 @@ def open_store(configured_uri: str) -> Store:
             f"cannot reach the MLflow tracking store {uri}: {first_line}; "
             "start the server or set tracking.uri / MLFLOW_TRACKING_URI"
         ) from None
-    return Store(uri=uri, client=client)
+    return Store(uri=uri, client=RetryingClient(client))
+
+
+class RetryingClient:
+    """An MlflowClient whose calls retry with backoff while SQLite reports "database is locked".
+
+    SQLite takes one writer at a time; parallel jobs on one file wait for each other, and past MLflow's busy
+    timeout (20 s) a write fails with that error. MLflow does not retry it, so trainwise does (about 25 s more).
+    """
+
+    ATTEMPTS = 8
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args, **kwargs):
+            delay = 0.1
+            for attempt in range(self.ATTEMPTS):
+                try:
+                    return attribute(*args, **kwargs)
+                except Exception as err:  # noqa: BLE001 - re-raised unless it is SQLite's lock error
+                    if "database is locked" not in str(err) or attempt == self.ATTEMPTS - 1:
+                        raise
+                    time.sleep(delay * (1 + random.random()))
+                    delay *= 2
+            return None  # not reached
+
+        return call
 
 
 def registry_env(uri: str):
