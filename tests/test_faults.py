@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +125,27 @@ def test_four_parallel_jobs_on_one_sqlite_store_record_every_run(tmp_path):
     jobs = [r for r in runs if r.data.tags.get("trainwise.role") == "job"]
     assert sorted(r.data.params["seed"] for r in jobs) == ["0", "1", "2", "3"]
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_a_tracking_server_dying_mid_training_is_reported_at_the_end(tmp_path, mlflow_server):
+    import re
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env |= {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    args = ["train", "profile=smoke", "trainer.max_epochs=150", "tracking=server", f"tracking.uri={mlflow_server.uri}"]
+    training = subprocess.Popen([sys.executable, "-m", "trainwise", *args], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    client = mlflow_client(mlflow_server.uri)
+    deadline = time.time() + 120
+    while time.time() < deadline and not client.search_runs(["1"], "attributes.status = 'RUNNING'"):
+        time.sleep(0.5)
+    time.sleep(2)
+    mlflow_server.stop()  # mid-training
+    stdout, stderr = training.communicate(timeout=400)
+    assert training.returncode == 1, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert "training finished but the tracking store" in last, stderr[-3000:]
+    assert "epoch 150/150" in stdout  # training was not cut short
+    job_dir = Path(re.search(r"are in (\S+)", last).group(1))
+    assert (job_dir / "checkpoints" / "last.ckpt").is_file() and (job_dir / "metrics.json").is_file()

@@ -15,3 +15,15 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
         self.run_id = run_id
         self.exit_code = 128 + signum
+
+
+class TrackingFailed(Exception):
+    """Training finished, but the tracking store failed on the way; nothing local was lost."""
+
+    exit_code = 1
+
+    def __init__(self, uri: str, error: Exception, local_dir=None):
+        text = str(error).strip()
+        first = text.splitlines()[0][:300] if text else type(error).__name__
+        where = f"; checkpoints and final metrics are in {local_dir}" if local_dir else ""
+        super().__init__(f"training finished but the tracking store {uri} failed ({first}){where}")

@@ -5,6 +5,7 @@ config -> tracking run -> weights (foundation) -> data -> model -> freeze -> fit
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -17,7 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from trainwise.config import config_hash, flatten, mask_secrets, mask_text, to_container, validate, validate_before_run
-from trainwise.errors import Interrupted, UserError
+from trainwise.errors import Interrupted, TrackingFailed, UserError
 from trainwise.paths import conf_dir, experiments_dir
 
 log = logging.getLogger("trainwise")
@@ -98,7 +99,8 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
     experiment_id = store.experiment_id(cfg.tracking.experiment)
     tags = _run_tags(cfg, data_cfg.name, ctx)
     run_name = f"{cfg.strategy.name}-{cfg.model.name}-{data_cfg.name}"
-    with TrackedRun(store, experiment_id, run_name, tags, reopen=resume.run_id if resume else None) as tracked:
+    reopen = resume.run_id if resume else None
+    with TrackedRun(store, experiment_id, run_name, tags, reopen=reopen, local_dir=ctx.job_dir) as tracked:
         if resume is None:
             _log_config(tracked, cfg, ctx)
 
@@ -200,6 +202,7 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
             metrics["val/acc_best"] = float(checkpoint.best_model_score)
         _log_confusion_matrix(tracked, module.test_confusion.compute(), datamodule.data.class_names, ctx.job_dir)
         tracked.log_metrics(metrics, step=trainer.global_step)
+        (ctx.job_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))  # a local record, whatever MLflow says
         if cfg.strategy.data == "source":
             register_foundation(store, tracked.run_id, cfg.model.name, cfg.source.name)
     _print_finished(cfg, tracked.run_id, experiment_id, metrics)
@@ -440,7 +443,7 @@ def task(cfg: DictConfig) -> float | None:
         if sweeping:
             raise  # stop the whole sweep; the CLI ends its parent run KILLED
         raise SystemExit(stopped.exit_code) from None
-    except UserError as err:
+    except (UserError, TrackingFailed) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         if not sweeping:
             raise SystemExit(err.exit_code) from None

@@ -3,27 +3,45 @@ FAILED or KILLED (never left RUNNING)."""
 
 from __future__ import annotations
 
+import sys
 import time
 import traceback
 from pathlib import Path
 
 from pytorch_lightning.loggers import MLFlowLogger
 
+from trainwise.errors import TrackingFailed
+
 # MLflow accepts up to 6000 characters per param value in 3.x; longer values are cut with a marker.
 _MAX_PARAM_CHARS = 6000
 
 
 class TrackedRun:
-    """Context manager around one MLflow run that trainwise owns."""
+    """Context manager around one MLflow run that trainwise owns.
 
-    def __init__(self, store, experiment_id: str, run_name: str, tags: dict[str, str], reopen: str | None = None):
+    Once the run exists, a failing tracking store (a server gone down mid-training) does not stop training:
+    the first failure is remembered, later calls are skipped, and leaving the context raises TrackingFailed,
+    which names the store, the error and the local folder holding the checkpoints and final metrics.
+    """
+
+    def __init__(
+        self,
+        store,
+        experiment_id: str,
+        run_name: str,
+        tags: dict[str, str],
+        reopen: str | None = None,
+        local_dir: Path | None = None,
+    ):
         self.store = store
         self.reopen = reopen  # an interrupted run to continue (resume): same run id, status back to RUNNING
         self.client = store.client
         self.experiment_id = experiment_id
         self.run_name = run_name
         self.tags = tags
+        self.local_dir = local_dir
         self.run_id: str = ""
+        self.broken: Exception | None = None
 
     def __enter__(self) -> TrackedRun:
         if self.reopen:
@@ -36,7 +54,7 @@ class TrackedRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        _flush_async_logging(self.client)
+        self._call(_flush_async_logging, self.client)
         if exc is None:
             status = "FINISHED"
         elif issubclass(exc_type, KeyboardInterrupt):
@@ -44,33 +62,46 @@ class TrackedRun:
         else:
             status = "FAILED"
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc_type.__name__
-            self.client.set_tag(self.run_id, "trainwise.error", f"{exc_type.__name__}: {message}"[:5000])
+            self._call(self.client.set_tag, self.run_id, "trainwise.error", f"{exc_type.__name__}: {message}"[:5000])
             text = "".join(traceback.format_exception(exc_type, exc, tb))
-            self.client.log_text(self.run_id, text, "error.txt")
-        self.client.set_terminated(self.run_id, status)
+            self._call(self.client.log_text, self.run_id, text, "error.txt")
+        self._call(self.client.set_terminated, self.run_id, status)
+        if self.broken is not None and exc is None:
+            raise TrackingFailed(self.store.uri, self.broken, self.local_dir)
         return False
+
+    def _call(self, function, *args, **kwargs):
+        if self.broken is not None:
+            return None
+        try:
+            return function(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - any store failure: keep training, report at the end
+            self.broken = err
+            print(f"warning: the tracking store {self.store.uri} failed ({_first_line(err)}); training goes on "
+                  "and this is reported at the end", file=sys.stderr, flush=True)  # fmt: skip
+            return None
 
     def log_params(self, params: dict[str, object]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, _param_value(v)) for k, v in params.items()]
         for start in range(0, len(items), 100):  # MLflow's batch limit is 100 params
-            self.client.log_batch(self.run_id, params=items[start : start + 100])
+            self._call(self.client.log_batch, self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        self._call(self.client.log_batch, self.run_id, metrics=batch)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._call(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        self._call(self.client.log_text, self.run_id, text, artifact_file)
 
     def log_dataset(self, name: str, digest: str, source: dict, profile: dict, context: str) -> None:
         """An MLflow dataset input, so the UI shows which data a run used (its Datasets column and tab)."""
@@ -79,10 +110,16 @@ class TrackedRun:
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
         dataset = Dataset(name, digest, "trainwise", json.dumps(source), profile=json.dumps(profile))
-        self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+        inputs = [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])]
+        self._call(self.client.log_inputs, self.run_id, inputs)
 
     def log_artifact(self, path: str | Path, artifact_dir: str) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_dir)
+        self._call(self.client.log_artifact, self.run_id, str(path), artifact_dir)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
 
 
 def _param_value(value: object) -> str:
