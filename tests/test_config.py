@@ -113,3 +113,14 @@ def test_cfg_job_and_the_config_check_do_not_import_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip().splitlines()[-1] == "False False False", result.stderr[-2000:]
+
+
+def test_report_reads_the_store_without_importing_torch(tmp_path):
+    code = (
+        "import sys\nfrom trainwise.cli import main\n"
+        f"try: main(['report', '--tracking-uri', 'sqlite:///{tmp_path}/m.db'])\nexcept SystemExit: pass\n"
+        "print('torch' in sys.modules, 'pytorch_lightning' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip().splitlines()[-1] == "False False", result.stderr[-2000:]
+    assert "no sweep in" in result.stderr  # an empty store: one clear line

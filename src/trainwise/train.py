@@ -93,7 +93,8 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
     from trainwise.module import ClassificationModule
     from trainwise.strategies import pretrained
     from trainwise.strategies.freeze import freeze, param_groups
-    from trainwise.tracking import TrackedRun, register_foundation
+    from trainwise.tracking import register_foundation
+    from trainwise.tracking.run import TrackedRun
 
     data_cfg = strategies.training_data(cfg)
     experiment_id = store.experiment_id(cfg.tracking.experiment)
@@ -211,7 +212,7 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
 
 def _record_failed_job(cfg: DictConfig, ctx: JobContext, store, err: Exception) -> None:
     from trainwise import strategies
-    from trainwise.tracking import TrackedRun
+    from trainwise.tracking.run import TrackedRun
 
     data_name = strategies.training_data(cfg).name
     tags = _run_tags(strategies.effective_config(cfg), data_name, ctx)
@@ -314,7 +315,7 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
     from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 
     from trainwise.callbacks import EpochLines, GracefulStop, SampleCounter
-    from trainwise.tracking import RunLogger
+    from trainwise.tracking.run import RunLogger
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
