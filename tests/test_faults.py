@@ -32,24 +32,21 @@ def test_unknown_timm_architecture_suggests_close_names(tmp_path, store_uri):
     assert not (tmp_path / "mlflow.db").exists() or _all_runs(store_uri) == []
 
 
-@pytest.mark.parametrize(
-    "make_bad,expected",
-    [
-        (
-            lambda tmp: (tmp / "notes.ckpt").write_text("not a checkpoint") and tmp / "notes.ckpt",
-            "not a readable checkpoint",
-        ),
-        (lambda tmp: "runs:/" + "0" * 32 + "/checkpoints/best.ckpt", "there is no run"),
-    ],
-)
-def test_unusable_pretrained_weights_fail_the_run_with_exit_code_2(tmp_path, make_bad, expected):
-    bad = make_bad(tmp_path)
+def test_a_file_that_is_not_a_checkpoint_fails_the_run_with_exit_code_2(tmp_path):
+    bad = tmp_path / "x.ckpt"
+    bad.write_text("not a checkpoint")
     result = _cli(tmp_path, "train", "profile=smoke", "strategy=finetune", f"strategy.pretrained={bad}")
     assert result.returncode == 2, result.stderr[-2000:]
-    assert expected in result.stderr.strip().splitlines()[-1]
+    assert "not a readable checkpoint" in result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.stderr
     statuses = {r.info.status for r in _all_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")}
-    assert statuses <= {"FAILED"}
+    assert statuses == {"FAILED"}
+
+
+def test_a_runs_uri_to_a_missing_run_is_a_clear_error(tmp_path, store_uri):
+    with pytest.raises(UserError, match="there is no run"):
+        run_job(tmp_path, store_uri, "strategy=finetune", "strategy.pretrained=runs:/" + "0" * 32 + "/best.ckpt")
+    assert {r.info.status for r in _all_runs(store_uri)} == {"FAILED"}
 
 
 def test_weights_of_another_architecture_are_a_clear_error(tmp_path, store_uri):
@@ -117,6 +114,7 @@ def test_sqlite_locking_is_retried_with_backoff(tmp_path, store_uri):
     blocker.close()
 
 
+@pytest.mark.slow  # joblib on SQLite is also covered by tests/test_sweep.py (2 workers)
 def test_four_parallel_jobs_on_one_sqlite_store_record_every_run(tmp_path):
     args = ["train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "seed=0,1,2,3", "profile=smoke"]
     result = _cli(tmp_path, *args)
@@ -127,6 +125,7 @@ def test_four_parallel_jobs_on_one_sqlite_store_record_every_run(tmp_path):
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
+@pytest.mark.slow
 def test_a_tracking_server_dying_mid_training_is_reported_at_the_end(tmp_path, mlflow_server):
     import re
     import time
