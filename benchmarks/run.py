@@ -21,7 +21,6 @@ import contextlib
 import io
 import json
 import logging
-import math
 import os
 import statistics
 import subprocess
@@ -138,8 +137,9 @@ def compose(*overrides: str):
 
 
 def _max_epochs(cfg, datamodule) -> int:
-    """What trainwise.train runs: trainer.max_epochs, raised so that training sees min_train_steps steps."""
-    return max(cfg.trainer.max_epochs, math.ceil(cfg.min_train_steps / datamodule.steps_per_epoch()))
+    """What trainwise.train runs: trainer.max_epochs (tiny sets repeat within an epoch to reach min_train_steps;
+    the digits-sized data here already has more steps per epoch than that)."""
+    return cfg.trainer.max_epochs
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -260,18 +260,22 @@ def trainwise_recipe(tmp: Path, name: str, *overrides: str) -> dict[str, float]:
 def lightning_fit(cfg, module, datamodule, job_dir: Path, tracked=None, max_epochs: int | None = None):
     """Fit with the Trainer trainwise builds (`trainwise.train._build_trainer`: same callbacks, precision, trainer
     keys). tracked=None: the same Trainer with logger=False instead of the RunLogger."""
-    import trainwise.tracking
+    from omegaconf import OmegaConf
+
+    import trainwise.tracking.run as tracking_run
     import trainwise.train as train
 
-    original = trainwise.tracking.RunLogger
+    original = tracking_run.RunLogger
     if tracked is None:
-        trainwise.tracking.RunLogger = lambda _tracked: False
+        tracking_run.RunLogger = lambda _tracked: False
     try:
         with _quiet():
-            epochs = max_epochs or _max_epochs(cfg, datamodule)
-            trainer, *_ = train._build_trainer(cfg, tracked, job_dir, epochs)
+            cfg = cfg.copy()
+            OmegaConf.set_struct(cfg, False)
+            cfg.trainer.max_epochs = max_epochs or _max_epochs(cfg, datamodule)
+            trainer, *_ = train._build_trainer(cfg, tracked, job_dir)
     finally:
-        trainwise.tracking.RunLogger = original
+        tracking_run.RunLogger = original
     timer = _epoch_timer()
     trainer.callbacks.append(timer)
     with _quiet():
@@ -319,7 +323,8 @@ def framework_overhead(
 
 def tracking_overhead(tmp: Path, reps: int, quick: bool) -> dict[str, float]:
     """The same trainwise Trainer with the RunLogger bound to a real run (temporary SQLite store) vs logger=False."""
-    from trainwise.tracking import TrackedRun, open_store
+    from trainwise.tracking import open_store
+    from trainwise.tracking.run import TrackedRun
 
     overrides = ["model=small_cnn", "dataset=digits", f"tracking.uri=sqlite:///{tmp / 'tracking.db'}"]
     if quick:
