@@ -110,3 +110,28 @@ def test_optuna_sweep_records_the_best_trial_on_the_parent(tmp_path):
     best = client.get_run(parent.data.tags["trainwise.best_run"])
     assert best.data.metrics["val/acc_best"] == max(r.data.metrics["val/acc_best"] for r in jobs)
     assert parent.data.metrics["best/val_acc"] == best.data.metrics["val/acc_best"]
+
+
+def test_submitit_local_jobs_report_to_one_parent(tmp_path):
+    """Real submitit job processes (the SLURM launcher's local twin): parent, children and report."""
+    result = _train(tmp_path, "-m", "hydra/launcher=submitit_local", "strategy=scratch,full")
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, (parent,) = _runs(tmp_path, "sweep")
+    _, jobs = _runs(tmp_path, "job")
+    assert sorted(r.data.tags["trainwise.strategy"] for r in jobs) == ["full", "scratch"]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in jobs)
+    assert parent.info.status == "FINISHED"
+    assert "report/report.md" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+
+
+def test_the_slurm_preset_composes_onto_submitit():
+    from hydra import compose, initialize_config_dir
+
+    from trainwise.paths import conf_dir
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose(
+            "train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True
+        )
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.partition == "gpu" and cfg.hydra.launcher.gpus_per_node == 1
