@@ -92,7 +92,7 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
     from trainwise.models import build_model, count_parameters
     from trainwise.module import ClassificationModule
     from trainwise.strategies import pretrained
-    from trainwise.strategies.freeze import freeze, param_groups
+    from trainwise.strategies.freeze import freeze
     from trainwise.tracking import register_foundation
     from trainwise.tracking.run import TrackedRun
 
@@ -150,13 +150,7 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
             datamodule.num_classes,
             cfg.optimizer,
             cfg.scheduler,
-            param_groups(
-                net,
-                cfg.optimizer.lr,
-                strategies.backbone_lr_mult(cfg),
-                layer_decay=cfg.strategy.get("layer_decay"),
-                weight_decay=cfg.optimizer.get("weight_decay", 0.0),
-            ),
+            strategies.optimizer_groups(cfg, net),
             frozen,
             checkpoint_meta={
                 "model": to_container(cfg.model),
@@ -205,7 +199,7 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
         tracked.log_metrics(metrics, step=trainer.global_step)
         (ctx.job_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))  # a local record, whatever MLflow says
         if cfg.strategy.data == "source":
-            register_foundation(store, tracked.run_id, cfg.model.name, cfg.source.name)
+            tracked.safely(register_foundation, store, tracked.run_id, cfg.model.name, cfg.source.name)
     _print_finished(cfg, tracked.run_id, experiment_id, metrics)
     return RunResult(tracked.run_id, experiment_id, metrics)
 

@@ -77,5 +77,18 @@ def unfreeze_callback(cfg: DictConfig):
     return UnfreezeBackbone(at_epoch, cfg.optimizer.lr * backbone_lr_mult(cfg))
 
 
+def optimizer_groups(cfg: DictConfig, net) -> list[dict]:
+    """The optimizer's parameter groups for this strategy's LR knobs (backbone_lr_mult, layer_decay)."""
+    from trainwise.strategies.freeze import param_groups
+
+    return param_groups(
+        net,
+        cfg.optimizer.lr,
+        backbone_lr_mult(cfg),
+        layer_decay=cfg.strategy.get("layer_decay"),
+        weight_decay=cfg.optimizer.get("weight_decay", 0.0),
+    )
+
+
 def backbone_lr_mult(cfg: DictConfig) -> float:
     return float(cfg.strategy.get("backbone_lr_mult", 1.0))

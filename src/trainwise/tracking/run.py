@@ -54,7 +54,7 @@ class TrackedRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        self._call(_flush_async_logging, self.client)
+        self.safely(_flush_async_logging, self.client)
         if exc is None:
             status = "FINISHED"
         elif issubclass(exc_type, KeyboardInterrupt):
@@ -62,15 +62,16 @@ class TrackedRun:
         else:
             status = "FAILED"
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc_type.__name__
-            self._call(self.client.set_tag, self.run_id, "trainwise.error", f"{exc_type.__name__}: {message}"[:5000])
+            self.safely(self.client.set_tag, self.run_id, "trainwise.error", f"{exc_type.__name__}: {message}"[:5000])
             text = "".join(traceback.format_exception(exc_type, exc, tb))
-            self._call(self.client.log_text, self.run_id, text, "error.txt")
-        self._call(self.client.set_terminated, self.run_id, status)
+            self.safely(self.client.log_text, self.run_id, text, "error.txt")
+        self.safely(self.client.set_terminated, self.run_id, status)
         if self.broken is not None and exc is None:
             raise TrackingFailed(self.store.uri, self.broken, self.local_dir)
         return False
 
-    def _call(self, function, *args, **kwargs):
+    def safely(self, function, *args, **kwargs):
+        """Call the store unless it already failed in this run; remember its first failure."""
         if self.broken is not None:
             return None
         try:
@@ -86,22 +87,22 @@ class TrackedRun:
 
         items = [Param(k, _param_value(v)) for k, v in params.items()]
         for start in range(0, len(items), 100):  # MLflow's batch limit is 100 params
-            self._call(self.client.log_batch, self.run_id, params=items[start : start + 100])
+            self.safely(self.client.log_batch, self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-        self._call(self.client.log_batch, self.run_id, metrics=batch)
+        self.safely(self.client.log_batch, self.run_id, metrics=batch)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self._call(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.safely(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self._call(self.client.log_text, self.run_id, text, artifact_file)
+        self.safely(self.client.log_text, self.run_id, text, artifact_file)
 
     def log_dataset(self, name: str, digest: str, source: dict, profile: dict, context: str) -> None:
         """An MLflow dataset input, so the UI shows which data a run used (its Datasets column and tab)."""
@@ -111,10 +112,10 @@ class TrackedRun:
 
         dataset = Dataset(name, digest, "trainwise", json.dumps(source), profile=json.dumps(profile))
         inputs = [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])]
-        self._call(self.client.log_inputs, self.run_id, inputs)
+        self.safely(self.client.log_inputs, self.run_id, inputs)
 
     def log_artifact(self, path: str | Path, artifact_dir: str) -> None:
-        self._call(self.client.log_artifact, self.run_id, str(path), artifact_dir)
+        self.safely(self.client.log_artifact, self.run_id, str(path), artifact_dir)
 
 
 def _first_line(err: Exception) -> str:
