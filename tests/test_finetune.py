@@ -188,3 +188,19 @@ def test_unfreeze_at_epoch_keeps_the_backbone_frozen_until_then():
     assert all(torch.equal(seen[1][k], v) for k, v in before.items())  # epochs 0 and 1: frozen, BN stats too
     assert any(not torch.equal(seen[2][k], v) for k, v in before.items())  # epoch 2: training
     assert [g["lr"] for g in trainer.optimizers[0].param_groups][-1] == 0.001
+
+
+def test_lp_ft_probes_then_fine_tunes_in_one_run(tmp_path, store_uri):
+    full = run_job(tmp_path / "full", store_uri, "strategy=full")
+    path = mlflow_client(store_uri).download_artifacts(full.run_id, "checkpoints/best.ckpt", str(tmp_path))
+    result = run_job(tmp_path / "lpft", store_uri, "strategy=lp_ft", f"strategy.pretrained={path}",
+                     "strategy.unfreeze_at_epoch=1", "trainer.max_epochs=2")  # fmt: skip
+    client = mlflow_client(store_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["strategy.name"] == "lp_ft"
+    assert "trainwise.cached_features" not in run.data.tags  # the backbone must run: it is unfrozen later
+    last = client.download_artifacts(result.run_id, "checkpoints/last.ckpt", str(tmp_path / "t"))
+    before = torch.load(path, weights_only=True)["state_dict"]
+    after = torch.load(last, weights_only=True)["state_dict"]
+    changed = [k for k, v in after.items() if k.startswith("net.backbone.") and not torch.equal(v, before[k])]
+    assert changed  # phase 2 trained the backbone

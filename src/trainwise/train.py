@@ -327,14 +327,17 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
         filename="best",
         monitor="val/acc",
         mode="max",
-        save_last=True,
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
+    # Not save_last=True: since Lightning 2.5 that writes last.ckpt only in epochs where `best` improved, and
+    # resume needs the state of the last completed epoch. An unmonitored checkpoint is saved every epoch.
+    last = ModelCheckpoint(dirpath=job_dir / "checkpoints", filename="last", enable_version_counter=False)
     counter, stop = SampleCounter(), GracefulStop()
     interactive = sys.stdout.isatty()
     callbacks = [
-        checkpoint,
+        checkpoint,  # first: trainer.test(ckpt_path="best") uses the first ModelCheckpoint
+        last,
         counter,
         stop,
         *(extra_callbacks or []),
