@@ -35,4 +35,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf outputs multirun mlflow.db mlflow.db.locks mlartifacts lightning_logs .pytest_cache .ruff_cache build dist
+	rm -rf outputs multirun mlflow.db mlflow.db.locks mlartifacts lightning_logs trainwise-report .pytest_cache .ruff_cache build dist
