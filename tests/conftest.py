@@ -61,11 +61,27 @@ def run_job(tmp_path: Path, store_uri: str, *overrides: str):
 class Server:
     uri: str
     process: subprocess.Popen
+    command: list[str]
 
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(timeout=30)
+
+    def start(self) -> None:
+        """(Re)start on the same port, database and artifact folder; wait until it answers."""
+        self.process = subprocess.Popen(
+            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=2)
+                return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        pytest.fail("mlflow server did not start")
 
 
 @pytest.fixture
@@ -78,17 +94,7 @@ def mlflow_server(tmp_path):
                "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
                "--artifacts-destination", str(tmp_path / "server-artifacts"), "--serve-artifacts",
                "--workers", "1"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    server = Server(f"http://127.0.0.1:{port}", process)
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{server.uri}/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        server.stop()
-        pytest.fail("mlflow server did not start")
+    server = Server(f"http://127.0.0.1:{port}", None, command)
+    server.start()
     yield server
     server.stop()

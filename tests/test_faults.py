@@ -148,3 +148,28 @@ def test_a_tracking_server_dying_mid_training_is_reported_at_the_end(tmp_path, m
     assert "epoch 150/150" in stdout  # training was not cut short
     job_dir = Path(re.search(r"are in (\S+)", last).group(1))
     assert (job_dir / "checkpoints" / "last.ckpt").is_file() and (job_dir / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_tracking_server_back_before_the_end_gets_the_whole_run(tmp_path, mlflow_server):
+    """Down for a while mid-training, back before the end: every epoch's metrics and the final records arrive."""
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env |= {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    args = ["train", "profile=smoke", "trainer.max_epochs=300", "tracking=server", f"tracking.uri={mlflow_server.uri}"]
+    training = subprocess.Popen([sys.executable, "-m", "trainwise", *args], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    client = mlflow_client(mlflow_server.uri)
+    deadline = time.time() + 120
+    while time.time() < deadline and not client.search_runs(["1"], "attributes.status = 'RUNNING'"):
+        time.sleep(0.5)
+    mlflow_server.stop()
+    time.sleep(3)
+    mlflow_server.start()  # back while training goes on
+    stdout, stderr = training.communicate(timeout=600)
+    assert training.returncode == 0, stderr[-3000:]
+    (run,) = client.search_runs(["1"])
+    assert run.info.status == "FINISHED" and "test/acc" in run.data.metrics
+    assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 300  # no epoch lost, none twice
+    assert "checkpoints/last.ckpt" in {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}

@@ -9,6 +9,7 @@ import traceback
 from pathlib import Path
 
 from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.utilities import rank_zero_only
 
 from trainwise.errors import TrackingFailed
 
@@ -20,8 +21,10 @@ class TrackedRun:
     """Context manager around one MLflow run that trainwise owns.
 
     Once the run exists, a failing tracking store (a server gone down mid-training) does not stop training:
-    the first failure is remembered, later calls are skipped, and leaving the context raises TrackingFailed,
-    which names the store, the error and the local folder holding the checkpoints and final metrics.
+    the first failure is remembered and later calls are queued. At the end they are sent again, with every
+    epoch metric (kept by RunLogger): if the store is back, the run ends as if nothing happened (MLflow ignores
+    metric points it already has); if not, leaving the context raises TrackingFailed, which names the store,
+    the error and the local folder holding the checkpoints and final metrics.
     """
 
     def __init__(
@@ -42,6 +45,8 @@ class TrackedRun:
         self.local_dir = local_dir
         self.run_id: str = ""
         self.broken: Exception | None = None
+        self.pending: list[tuple] = []  # calls skipped since the store failed, replayed at the end
+        self.metric_history: list = []  # every epoch metric RunLogger sent (mlflow Metric entities)
 
     def __enter__(self) -> TrackedRun:
         if self.reopen:
@@ -55,6 +60,9 @@ class TrackedRun:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         self.safely(_flush_async_logging, self.client)
+        # MLflow's asynchronous queue drops a batch the store refused without telling anyone, so every epoch
+        # point is sent once more, synchronously (MLflow ignores the points it already has).
+        self.safely(self._send_metric_history)
         if exc is None:
             status = "FINISHED"
         elif issubclass(exc_type, KeyboardInterrupt):
@@ -66,18 +74,38 @@ class TrackedRun:
             text = "".join(traceback.format_exception(exc_type, exc, tb))
             self.safely(self.client.log_text, self.run_id, text, "error.txt")
         self.safely(self.client.set_terminated, self.run_id, status)
-        if self.broken is not None and exc is None:
+        if self.broken is not None and not self._replay() and exc is None:
             raise TrackingFailed(self.store.uri, self.broken, self.local_dir)
         return False
 
+    def _send_metric_history(self) -> None:
+        for start in range(0, len(self.metric_history), 1000):  # MLflow's batch limit is 1000 metrics
+            self.client.log_batch(self.run_id, metrics=self.metric_history[start : start + 1000])
+
+    def _replay(self) -> bool:
+        """Send the epoch metrics and the queued calls again; True if the store took them all."""
+        try:
+            self._send_metric_history()
+            for function, args, kwargs in self.pending:
+                function(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - still down: reported by the caller
+            return False
+        print(f"The tracking store {self.store.uri} is back: the run's records were sent again.", file=sys.stderr)
+        self.broken, self.pending = None, []
+        return True
+
     def safely(self, function, *args, **kwargs):
-        """Call the store unless it already failed in this run; remember its first failure."""
+        """Call the store unless it already failed in this run (then queue the call); remember its first failure."""
         if self.broken is not None:
+            if function is not _flush_async_logging:
+                self.pending.append((function, args, kwargs))
             return None
         try:
             return function(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - any store failure: keep training, report at the end
             self.broken = err
+            if function is not _flush_async_logging:
+                self.pending.append((function, args, kwargs))
             print(f"warning: the tracking store {self.store.uri} failed ({_first_line(err)}); training goes on "
                   "and this is reported at the end", file=sys.stderr, flush=True)  # fmt: skip
             return None
@@ -138,9 +166,9 @@ def _flush_async_logging(client) -> None:
 class RunLogger(MLFlowLogger):
     """Lightning's MLflow logger, bound to the run trainwise owns.
 
-    Lightning streams epoch metrics into it asynchronously. trainwise logs the config itself (dotted keys,
-    no 250-character cut) and ends the run after testing and logging checkpoints, so the two hooks that
-    would do otherwise are switched off here.
+    Lightning streams epoch metrics into it asynchronously (a copy of each stays with the TrackedRun, to be sent
+    again if the store fails). trainwise logs the config itself (dotted keys, no 250-character cut) and ends the
+    run after testing and logging checkpoints, so the two hooks that would do otherwise are switched off here.
     """
 
     def __init__(self, tracked: TrackedRun):
@@ -154,6 +182,19 @@ class RunLogger(MLFlowLogger):
         # MLflow 3) sets MLFLOW_TRACKING_URI for the whole process, leaking this store into later runs.
         self._experiment_id = tracked.experiment_id
         self._initialized = True
+        self.tracked = tracked
+
+    @rank_zero_only
+    def log_metrics(self, metrics, step: int | None = None) -> None:
+        # Lightning's version, plus a copy of every point in the TrackedRun, which sends them again at the end if
+        # the store failed meanwhile (asynchronous logging only reports failures when flushed).
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
+        self.tracked.metric_history.extend(batch)
+        if self.tracked.broken is None:
+            self.experiment.log_batch(run_id=self.run_id, metrics=batch, synchronous=False)
 
     def log_hyperparams(self, params) -> None:
         pass
