@@ -125,20 +125,29 @@ def test_four_parallel_jobs_on_one_sqlite_store_record_every_run(tmp_path):
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
+def _train_against(server, tmp_path: Path, epochs: int):
+    """`trainwise train` in a subprocess against `server`, returned once its run is RUNNING there. MLflow's HTTP
+    retries are off so that a dead server is noticed at once."""
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env |= {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    args = ["train", "profile=smoke", f"trainer.max_epochs={epochs}", "tracking=server", f"tracking.uri={server.uri}"]
+    training = subprocess.Popen([sys.executable, "-m", "trainwise", *args], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    client = mlflow_client(server.uri)
+    deadline = time.time() + 120
+    while time.time() < deadline and not client.search_runs(["1"], "attributes.status = 'RUNNING'"):
+        time.sleep(0.5)
+    return training, client
+
+
 @pytest.mark.slow
 def test_a_tracking_server_dying_mid_training_is_reported_at_the_end(tmp_path, mlflow_server):
     import re
     import time
 
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env |= {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-    args = ["train", "profile=smoke", "trainer.max_epochs=150", "tracking=server", f"tracking.uri={mlflow_server.uri}"]
-    training = subprocess.Popen([sys.executable, "-m", "trainwise", *args], cwd=tmp_path, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    client = mlflow_client(mlflow_server.uri)
-    deadline = time.time() + 120
-    while time.time() < deadline and not client.search_runs(["1"], "attributes.status = 'RUNNING'"):
-        time.sleep(0.5)
+    training, _ = _train_against(mlflow_server, tmp_path, epochs=150)
     time.sleep(2)
     mlflow_server.stop()  # mid-training
     stdout, stderr = training.communicate(timeout=400)
@@ -155,15 +164,7 @@ def test_a_tracking_server_back_before_the_end_gets_the_whole_run(tmp_path, mlfl
     """Down for a while mid-training, back before the end: every epoch's metrics and the final records arrive."""
     import time
 
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env |= {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-    args = ["train", "profile=smoke", "trainer.max_epochs=300", "tracking=server", f"tracking.uri={mlflow_server.uri}"]
-    training = subprocess.Popen([sys.executable, "-m", "trainwise", *args], cwd=tmp_path, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    client = mlflow_client(mlflow_server.uri)
-    deadline = time.time() + 120
-    while time.time() < deadline and not client.search_runs(["1"], "attributes.status = 'RUNNING'"):
-        time.sleep(0.5)
+    training, client = _train_against(mlflow_server, tmp_path, epochs=300)
     mlflow_server.stop()
     time.sleep(3)
     mlflow_server.start()  # back while training goes on

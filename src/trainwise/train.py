@@ -270,13 +270,9 @@ def _log_data(tracked, data_cfg: DictConfig, datamodule) -> None:
 
 def _log_confusion_matrix(tracked, matrix, class_names: list[str], job_dir: Path) -> None:
     """plots/confusion_matrix.png (rows: true class, columns: predicted) and the counts as JSON."""
-    import json
+    from trainwise.report.plots import pyplot
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     counts = matrix.cpu().numpy()
     size = min(12.0, 2.5 + 0.35 * len(class_names))
     fig, ax = plt.subplots(figsize=(size, size))

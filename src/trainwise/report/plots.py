@@ -9,7 +9,8 @@ from trainwise.report.collect import RunRecord
 from trainwise.report.table import Row
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,7 +29,7 @@ def draw_all(rows: list[Row], records: list[RunRecord], out_dir: Path) -> list[P
 
 
 def _val_acc_curves(rows: list[Row], out_dir: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(11, 4))
     for index, row in enumerate(rows):
         color = f"C{index % 10}"
@@ -42,15 +43,11 @@ def _val_acc_curves(rows: list[Row], out_dir: Path) -> Path:
     by_epoch.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy per epoch")
     by_time.set(xlabel="seconds since the run started", ylabel="validation accuracy", title="... per wall-clock second")
     by_epoch.legend(fontsize=8)
-    fig.tight_layout()
-    path = out_dir / "val_acc.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out_dir / "val_acc.png")
 
 
 def _accuracy_vs_cost(rows: list[Row], out_dir: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for index, row in enumerate(rows):
         fit = row.mean("cost/fit_seconds") or 0.0
@@ -67,15 +64,11 @@ def _accuracy_vs_cost(rows: list[Row], out_dir: Path) -> Path:
     ax.set(xlabel="training seconds (x: with pretraining)", ylabel="test accuracy", title="Accuracy vs cost")
     ax.set_xscale("symlog")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out_dir / "accuracy_vs_cost.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out_dir / "accuracy_vs_cost.png")
 
 
 def _data_efficiency(rows: list[Row], out_dir: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     strategies = sorted({r.key[0] for r in rows if r.key[3] is not None})
     for index, strategy in enumerate(strategies):
@@ -92,8 +85,11 @@ def _data_efficiency(rows: list[Row], out_dir: Path) -> Path:
     ax.set(xlabel="labelled target images", ylabel="test accuracy", title="Data efficiency (band: min-max over seeds)")
     ax.set_xscale("log")
     ax.legend()
+    return _save(fig, out_dir / "data_efficiency.png")
+
+
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    path = out_dir / "data_efficiency.png"
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)
     return path
