@@ -34,7 +34,7 @@ class EpochLines(pl.Callback):
         self._print(trainer)
 
     def _print(self, trainer) -> None:
-        if self._pending is None:
+        if self._pending is None or not trainer.is_global_zero:
             return
         shown = ("train/loss", "val/loss", "val/acc")
         metrics = trainer.callback_metrics

@@ -84,6 +84,12 @@ def validate(cfg: DictConfig) -> None:
     lr = cfg.optimizer.get("lr")
     if not isinstance(lr, (int, float)) or lr <= 0:
         raise UserError(f"optimizer.lr={lr!r} must be a positive number, e.g. optimizer.lr=0.001")
+    if str(cfg.accelerator.get("strategy", "auto")) == "ddp" and cfg.strategy.get("unfreeze_at_epoch") is not None:
+        raise UserError(
+            f"strategy.unfreeze_at_epoch={cfg.strategy.unfreeze_at_epoch} cannot run under accelerator="
+            f"{cfg.accelerator.name}: DDP fixes the set of trained parameters when it starts; run the two stages as "
+            "two runs (strategy=linear_probe, then strategy=finetune from its checkpoint)"
+        )
     from trainwise.strategies.freeze import parse_freeze
 
     parse_freeze(cfg.strategy.get("freeze", "none"))

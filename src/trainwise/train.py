@@ -54,13 +54,24 @@ class RunResult:
     metrics: dict[str, float]
 
 
-def run(cfg: DictConfig, ctx: JobContext) -> RunResult:
-    """Train and log one run. A `full` run holds the foundation lock while it trains, so a parallel
-    fine-tune waiting for the same foundation reuses it instead of training a second one."""
+def run(cfg: DictConfig, ctx: JobContext) -> RunResult | None:
+    """Train and log one run; under DDP, one rank of it (only rank 0 returns a result)."""
+    from trainwise import distributed
+
+    validate(cfg)
+    with distributed.ranks(cfg.accelerator, ctx.job_dir, ctx.overrides) as world:
+        if not world.is_zero:
+            plan = world.receive_plan()  # None: rank 0 ended before training (an error, a skipped job)
+            return None if plan is None else _train_and_log(OmegaConf.create(plan.cfg), ctx, None, world, plan)
+        return _lead(cfg, ctx, world)
+
+
+def _lead(cfg: DictConfig, ctx: JobContext, world) -> RunResult:
+    """Rank 0 (or the only process) decides what to train. A `full` run holds the foundation lock while it
+    trains, so a parallel fine-tune waiting for the same foundation reuses it instead of training a second one."""
     from trainwise import strategies
     from trainwise.tracking import open_store
 
-    validate(cfg)
     store = open_store(cfg.tracking.uri)
     try:
         validate_before_run(cfg)
@@ -72,7 +83,7 @@ def run(cfg: DictConfig, ctx: JobContext) -> RunResult:
         from trainwise.resume import resume_point
 
         cfg, point = resume_point(cfg, store)
-        return _train_and_log(strategies.effective_config(cfg), ctx, store, resume=point)
+        return _train_and_log(strategies.effective_config(cfg), ctx, store, world, Plan(resume=point))
     cfg = strategies.effective_config(cfg)
     if cfg.sweep.skip_finished:
         done = _finished_twin(cfg, store, ctx.parent_run_id)
@@ -80,42 +91,52 @@ def run(cfg: DictConfig, ctx: JobContext) -> RunResult:
             return done
     lock = _foundation_lock(store, strategies.foundation_hash(cfg)) if cfg.strategy.data == "source" else nullcontext()
     with lock:
-        return _train_and_log(cfg, ctx, store)
+        return _train_and_log(cfg, ctx, store, world)
 
 
-def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint | None = None) -> RunResult:
+@dataclass
+class Plan:
+    """What rank 0 hands every other rank before training (they never touch the tracking store)."""
+
+    cfg: dict | None = None
+    run_id: str = ""
+    foundation: object = None  # pretrained.Foundation: the weights a fine-tune starts from
+    resume: ResumePoint | None = None
+
+
+def _train_and_log(cfg: DictConfig, ctx: JobContext, store, world=None, plan: Plan | None = None) -> RunResult | None:
     import pytorch_lightning as pl
     import torch
 
-    from trainwise import strategies
+    from trainwise import distributed, strategies
     from trainwise.data import build_datamodule
     from trainwise.models import build_model, count_parameters
     from trainwise.module import ClassificationModule
     from trainwise.strategies import pretrained
     from trainwise.strategies.freeze import freeze
     from trainwise.tracking import register_foundation
-    from trainwise.tracking.run import TrackedRun
 
+    world = world or distributed.World()
+    plan = plan or Plan()
+    resume = plan.resume
     data_cfg = strategies.training_data(cfg)
-    experiment_id = store.experiment_id(cfg.tracking.experiment)
-    tags = _run_tags(cfg, data_cfg.name, ctx)
-    run_name = f"{cfg.strategy.name}-{cfg.model.name}-{data_cfg.name}"
-    reopen = resume.run_id if resume else None
-    with TrackedRun(store, experiment_id, run_name, tags, reopen=reopen, local_dir=ctx.job_dir) as tracked:
+    with _open_run(cfg, ctx, store, world, plan) as tracked:
         if resume is None:
             _log_config(tracked, cfg, ctx)
 
         # Weights: a fine-tune starts from a foundation (found in MLflow, trained first, or given). A resumed
-        # run restores every weight from its checkpoint instead.
-        foundation = None
-        if strategies.uses_pretrained(cfg) and resume is None:
+        # run restores every weight from its checkpoint instead. Under DDP, rank 0 finds them and hands them on.
+        foundation = plan.foundation
+        if strategies.uses_pretrained(cfg) and resume is None and world.is_zero:
             foundation = pretrained.resolve(
                 cfg.strategy.pretrained,
                 store,
-                lambda: _find_or_train_foundation(cfg, ctx, store, tracked.run_id),
+                lambda: _find_or_train_foundation(cfg, ctx, store, tracked.run_id, world),
                 model_name=cfg.model.name,
             )
             tracked.set_tags({"trainwise.foundation_run": foundation.run_id or foundation.source})
+        if world.is_zero:
+            world.send_plan(Plan(to_container(cfg), tracked.run_id, foundation, resume))
 
         # Data: the slot the strategy trains on, shaped as the foundation (or the resumed model) expects.
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -125,7 +146,10 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
         datamodule = build_datamodule(data_cfg, cfg.seed, input_shape, min_batches)
         if resume is None:
             sizes = {f"data.{k}_size": v for k, v in datamodule.sizes().items()}
-            facts = {"data.num_classes": datamodule.num_classes, "data.steps_per_epoch": datamodule.steps_per_epoch()}
+            facts = {
+                "data.num_classes": datamodule.num_classes,
+                "data.steps_per_epoch": datamodule.steps_per_epoch(world.world_size),
+            }
             tracked.log_params(sizes | facts)
             _log_data(tracked, data_cfg, datamodule)
 
@@ -165,7 +189,7 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
         # Fit (from the resume checkpoint, if any), then test the best checkpoint (by val/acc). Whatever
         # happens, the checkpoints written so far are logged.
         extra = [c for c in [strategies.unfreeze_callback(cfg)] if c is not None]
-        trainer, checkpoint, counter, stop = _build_trainer(cfg, tracked, ctx.job_dir, extra)
+        trainer, checkpoint, counter, stop = _build_trainer(cfg, tracked if world.is_zero else None, ctx.job_dir, extra)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         try:
@@ -182,11 +206,16 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
                 if (Path(checkpoint.dirpath) / name).is_file():
                     tracked.log_artifact(Path(checkpoint.dirpath) / name, "checkpoints")
 
+        samples = world.total(counter.samples)  # every rank's share
+        confusion = module.test_confusion.compute()  # synced over the ranks: every rank computes it
+        if not world.is_zero:
+            return None
         metrics = {
             "test/loss": float(tested["test/loss"]),
             "test/acc": float(tested["test/acc"]),
             "cost/fit_seconds": fit_seconds,
-            "cost/samples_per_second": counter.samples / fit_seconds if fit_seconds > 0 else 0.0,
+            "cost/samples_per_second": samples / fit_seconds if fit_seconds > 0 else 0.0,
+            "cost/train_samples": samples,
             "cost/peak_memory_mb": _peak_memory_mb(),
             "cost/epochs": float(trainer.current_epoch),
             "model/params_total": float(total),
@@ -195,13 +224,28 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, resume: ResumePoint 
         metrics |= {k: float(tested[k]) for k in ("test/acc_top5", "test/f1_macro") if k in tested}
         if checkpoint.best_model_score is not None:
             metrics["val/acc_best"] = float(checkpoint.best_model_score)
-        _log_confusion_matrix(tracked, module.test_confusion.compute(), datamodule.data.class_names, ctx.job_dir)
+        _log_confusion_matrix(tracked, confusion, datamodule.data.class_names, ctx.job_dir)
         tracked.log_metrics(metrics, step=trainer.global_step)
         (ctx.job_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))  # a local record, whatever MLflow says
         if cfg.strategy.data == "source":
             tracked.safely(register_foundation, store, tracked.run_id, cfg.model.name, cfg.source.name)
-    _print_finished(cfg, tracked.run_id, experiment_id, metrics)
-    return RunResult(tracked.run_id, experiment_id, metrics)
+    _print_finished(cfg, tracked.run_id, tracked.experiment_id, metrics)
+    return RunResult(tracked.run_id, tracked.experiment_id, metrics)
+
+
+def _open_run(cfg: DictConfig, ctx: JobContext, store, world, plan: Plan):
+    """Rank 0's MLflow run (new, or the one a resume continues); the other ranks' stand-in logs nothing."""
+    from trainwise import strategies
+    from trainwise.tracking.run import QuietRun, TrackedRun
+
+    if not world.is_zero:
+        return QuietRun(plan.run_id)
+    data_name = strategies.training_data(cfg).name
+    run_name = f"{cfg.strategy.name}-{cfg.model.name}-{data_name}"
+    reopen = plan.resume.run_id if plan.resume else None
+    experiment_id = store.experiment_id(cfg.tracking.experiment)
+    tags = _run_tags(cfg, data_name, ctx)
+    return TrackedRun(store, experiment_id, run_name, tags, reopen=reopen, local_dir=ctx.job_dir)
 
 
 def _record_failed_job(cfg: DictConfig, ctx: JobContext, store, err: Exception) -> None:
@@ -238,7 +282,7 @@ def _identity(cfg: DictConfig) -> dict:
     return {k: v for k, v in to_container(cfg).items() if k not in ("tracking", "resume", "sweep", "trust")}
 
 
-def _find_or_train_foundation(cfg: DictConfig, ctx: JobContext, store, finetune_run_id: str) -> str:
+def _find_or_train_foundation(cfg: DictConfig, ctx: JobContext, store, finetune_run_id: str, world) -> str:
     """pretrained=auto: the newest finished full run with this foundation hash, else train it now (locked)."""
     from trainwise import strategies
     from trainwise.tracking import find_foundation_run
@@ -249,6 +293,11 @@ def _find_or_train_foundation(cfg: DictConfig, ctx: JobContext, store, finetune_
         if found is not None:
             log.info("fine-tuning from foundation run %s", found.info.run_id)
             return found.info.run_id
+        if world.distributed:  # the other ranks wait for the fine-tune; a foundation needs its own DDP job
+            raise UserError(
+                f"strategy.pretrained=auto: no finished full run matches foundation {wanted}, and a DDP fine-tune "
+                "does not train one on the side; train it first with the same overrides and strategy=full"
+            )
         print(f"No finished full run matches foundation {wanted}: training it first, as its own run.", flush=True)
         full_cfg = strategies.foundation_config(cfg)
         overrides = [o for o in ctx.overrides if not o.lstrip("+~").startswith("strategy")] + ["strategy=full"]
@@ -310,7 +359,10 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", ".*multiple `ModelCheckpoint` callbacks.*")  # the first is `best`, on purpose
     warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")
+    # Under DDP the logged values are torchmetrics' compute(), already reduced over the ranks.
+    warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 
     accel = cfg.accelerator
@@ -343,9 +395,12 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
     trainer = pl.Trainer(
         accelerator=accel.accelerator,
         devices=accel.devices,
+        num_nodes=int(accel.get("num_nodes", 1)),
+        strategy=str(accel.get("strategy", "auto")),
+        use_distributed_sampler=False,  # the datamodule gives each DDP rank its own share (data/batches.py)
         precision=precision,
         deterministic=bool(cfg.deterministic),
-        logger=RunLogger(tracked),
+        logger=RunLogger(tracked) if tracked is not None else False,  # under DDP only rank 0 logs
         callbacks=callbacks,
         enable_progress_bar=interactive,
         enable_model_summary=False,
@@ -450,7 +505,7 @@ def task(cfg: DictConfig) -> float | None:
         log.exception("job %s failed", hydra_cfg.job.num)
         FAILED_JOBS.append(f"{type(err).__name__}: {err}")
         return None
-    return result.metrics.get("val/acc_best")
+    return result.metrics.get("val/acc_best") if result is not None else None  # None: a DDP rank other than 0
 
 
 def register_experiments() -> None:

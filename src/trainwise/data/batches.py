@@ -7,6 +7,10 @@ uninterrupted one exactly.
 
 `min_batches` makes an epoch of a tiny training set several shuffled passes, so a budget of optimizer steps is
 met in a few epochs instead of hundreds (each epoch costs a validation and a checkpoint).
+
+Under DDP (`world_size` ranks) each rank takes every world_size-th index of the same permutation, so the ranks
+see disjoint samples. Every rank must run the same number of steps, so a shuffled pass drops its last
+`size % world_size` samples (a different few each epoch); evaluation keeps them all (uneven is fine there).
 """
 
 from __future__ import annotations
@@ -16,24 +20,44 @@ import torch
 
 class EpochBatches:
     """Yields index tensors of `batch_size` (a pass's last one may be smaller); shuffled per (seed, epoch) if
-    asked; as many whole passes as it takes to yield at least `min_batches`."""
+    asked; as many whole passes as it takes to yield at least `min_batches`; only this rank's share."""
 
-    def __init__(self, size: int, batch_size: int, seed: int, shuffle: bool, min_batches: int = 1):
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        seed: int,
+        shuffle: bool,
+        min_batches: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
-        per_pass = -(-size // batch_size)
-        self.passes = max(1, -(-min_batches // per_pass)) if shuffle else 1
+        self.rank, self.world_size = rank, world_size
+        self.passes = max(1, -(-min_batches // self._batches_per_pass())) if shuffle else 1
         self.epoch = 0
+
+    def _share(self) -> int:
+        """Samples this rank gets per pass."""
+        if self.shuffle:
+            return self.size // self.world_size
+        return len(range(self.rank, self.size, self.world_size))
+
+    def _batches_per_pass(self) -> int:
+        return max(1, -(-self._share() // self.batch_size))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.passes * -(-self.size // self.batch_size)
+        return self.passes * -(-self._share() // self.batch_size)
 
     def __iter__(self):
         if not self.shuffle:
-            yield from torch.arange(self.size).split(self.batch_size)
+            yield from torch.arange(self.rank, self.size, self.world_size).split(self.batch_size)
             return
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        kept = self.size - self.size % self.world_size
         for _ in range(self.passes):
-            yield from torch.randperm(self.size, generator=generator).split(self.batch_size)
+            order = torch.randperm(self.size, generator=generator)[:kept]
+            yield from order[self.rank :: self.world_size].split(self.batch_size)

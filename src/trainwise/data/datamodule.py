@@ -124,15 +124,20 @@ class TensorDataModule(pl.LightningDataModule):
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train_idx), "val": len(self.val_idx), "test": len(self.test_idx)}
 
-    def steps_per_epoch(self) -> int:
-        return len(EpochBatches(len(self.train_idx), self.batch_size, self.seed, True, self.min_train_batches))
+    def steps_per_epoch(self, world_size: int = 1) -> int:
+        train = EpochBatches(
+            len(self.train_idx), self.batch_size, self.seed, True, self.min_train_batches, 0, world_size
+        )
+        return len(train)
 
     def _loader(self, indices: np.ndarray, shuffle: bool) -> DataLoader:
         idx = torch.from_numpy(indices)
         dataset = TensorDataset(self.data.images[idx], self.data.labels[idx])
-        # Index the tensors with a whole batch of indices at once: no per-sample collation.
+        # Index the tensors with a whole batch of indices at once: no per-sample collation. Under DDP each rank
+        # gets its own share (the Trainer runs with use_distributed_sampler=False).
         min_batches = self.min_train_batches if shuffle else 1
-        batches = EpochBatches(len(dataset), self.batch_size, self.seed, shuffle, min_batches)
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        batches = EpochBatches(len(dataset), self.batch_size, self.seed, shuffle, min_batches, rank, world_size)
         return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:

@@ -146,6 +146,41 @@ class TrackedRun:
         self.safely(self.client.log_artifact, self.run_id, str(path), artifact_dir)
 
 
+class QuietRun:
+    """What a DDP rank other than 0 holds instead of a TrackedRun: the same calls, bound to rank 0's run id,
+    sending nothing (rank 0 logs for the whole job)."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def __enter__(self) -> QuietRun:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+    def safely(self, function, *args, **kwargs):
+        return None
+
+    def log_params(self, params) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        pass
+
+    def set_tags(self, tags) -> None:
+        pass
+
+    def log_text(self, text, artifact_file) -> None:
+        pass
+
+    def log_dataset(self, *args, **kwargs) -> None:
+        pass
+
+    def log_artifact(self, path, artifact_dir) -> None:
+        pass
+
+
 def _first_line(err: Exception) -> str:
     text = str(err).strip()
     return text.splitlines()[0][:300] if text else type(err).__name__

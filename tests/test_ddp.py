@@ -1,0 +1,74 @@
+"""DDP with 2 CPU processes (accelerator=ddp_cpu, gloo): one MLflow run per job, whatever the number of ranks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import mlflow_client
+
+SMALL = ["min_train_steps=0", "trainer.max_epochs=2", "dataset.train_fraction=0.3", "source.num_per_class=12"]
+
+
+def train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "trainwise", "train", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    done = subprocess.run([*command, *SMALL, *overrides], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def runs(tmp_path: Path):
+    client = mlflow_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("trainwise")
+    return client, client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_ddp_cpu_finetune_with_frozen_backbone_is_one_run_with_each_sample_once_per_epoch(tmp_path):
+    train(tmp_path, "strategy=full")
+    # The backbone is frozen and run every step (no feature cache), so DDP sees parameters without gradients.
+    frozen = ["strategy=finetune", "strategy.freeze=backbone", "strategy.cache_features=false"]
+    train(tmp_path, "accelerator=ddp_cpu", *frozen)
+
+    client, (full, finetune) = runs(tmp_path)  # exactly one run for the 2-process job
+    assert finetune.info.status == "FINISHED"
+    assert finetune.data.tags["trainwise.foundation_run"] == full.info.run_id
+    assert finetune.data.params["accelerator.devices"] == "2"
+    # Each rank took half of every epoch: together, each training image once per epoch, as one process would
+    # (an odd one out is left out of an epoch, so that both ranks take the same number of steps).
+    train_size = int(finetune.data.params["data.train_size"])
+    assert finetune.data.metrics["cost/train_samples"] == 2 * (train_size - train_size % 2)
+    assert int(finetune.data.params["data.steps_per_epoch"]) == -(-(train_size // 2) // 64)
+    # Only rank 0 logged: one point per epoch, not one per rank.
+    assert len(client.get_metric_history(finetune.info.run_id, "val/acc")) == 2
+    saved = sorted(a.path for a in client.list_artifacts(finetune.info.run_id, "checkpoints"))
+    assert saved == ["checkpoints/best.ckpt", "checkpoints/last.ckpt"]
+    # The other rank wrote its output beside the job, not into the run.
+    job_dir = Path(finetune.data.tags["trainwise.job_dir"])
+    assert (job_dir / "ddp" / "rank1.log").is_file()
+
+
+@pytest.mark.slow
+def test_ddp_cpu_scratch_sees_as_many_samples_per_epoch_as_one_process(tmp_path):
+    longer = "trainer.max_epochs=8"
+    train(tmp_path, "strategy=scratch", longer)
+    train(tmp_path, "strategy=scratch", longer, "accelerator=ddp_cpu")
+    _, (single, ddp) = runs(tmp_path)
+    assert ddp.info.status == "FINISHED"
+    assert single.data.params["data.train_size"] == ddp.data.params["data.train_size"]
+    odd = int(single.data.params["data.train_size"]) % 2  # left out of each epoch under 2 ranks
+    assert ddp.data.metrics["cost/train_samples"] == single.data.metrics["cost/train_samples"] - 8 * odd
+    assert ddp.data.metrics["test/acc"] > 0.2  # it learned (10 classes: chance is 0.1)
+
+
+def test_ddp_rejects_what_it_cannot_run(tmp_path):
+    command = [sys.executable, "-m", "trainwise", "train", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    for overrides, says in [
+        (["accelerator=ddp_cpu", "strategy=lp_ft"], "unfreeze_at_epoch"),
+        (["accelerator=ddp_cpu", "accelerator.num_nodes=2"], "hydra/launcher=slurm"),
+    ]:
+        done = subprocess.run([*command, *overrides], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert says in done.stderr and "Traceback" not in done.stderr
