@@ -29,13 +29,13 @@ def _shared_cache(tmp_path_factory):
     mp.undo()
 
 
-def compose_config(*overrides: str):
+def compose_config(*overrides: str, return_hydra_config: bool = False):
     from trainwise.train import register_experiments
 
     register_experiments()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 @pytest.fixture

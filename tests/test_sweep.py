@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import mlflow_client
+import pytest
+
+from conftest import compose_config, mlflow_client
 
 
 def _train(cwd: Path, *args: str, timeout: int = 400) -> subprocess.CompletedProcess:
@@ -125,13 +127,29 @@ def test_submitit_local_jobs_report_to_one_parent(tmp_path):
 
 
 def test_the_slurm_preset_composes_onto_submitit():
-    from hydra import compose, initialize_config_dir
-
-    from trainwise.paths import conf_dir
-
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose(
-            "train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True
-        )
+    cfg = compose_config("hydra/launcher=slurm", "hydra.launcher.partition=gpu", return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.partition == "gpu" and cfg.hydra.launcher.gpus_per_node == 1
+
+
+def test_the_slurm_preset_asks_for_one_task_per_ddp_rank():
+    from omegaconf.errors import InterpolationResolutionError
+
+    def launcher(*overrides):
+        cfg = compose_config("hydra/launcher=slurm", *overrides, return_hydra_config=True)
+        return {k: cfg.hydra.launcher[k] for k in ("nodes", "tasks_per_node", "gpus_per_node")}
+
+    ddp = launcher("accelerator=ddp", "accelerator.num_nodes=2", "accelerator.devices=4")
+    assert ddp == {"nodes": 2, "tasks_per_node": 4, "gpus_per_node": 4}
+    assert launcher("accelerator=gpu") == {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 1}
+    assert launcher("accelerator=cpu")["gpus_per_node"] == 0
+    with pytest.raises(InterpolationResolutionError, match="accelerator.devices"):
+        launcher("accelerator=ddp")  # devices=auto: SLURM must be told how many
+
+
+def test_a_slurm_sweep_that_cannot_say_its_tasks_stops_with_one_line(tmp_path):
+    command = [sys.executable, "-m", "trainwise", "train", "-m", "hydra/launcher=slurm", "accelerator=ddp"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: accelerator.devices='auto'")
+    assert "Traceback" not in done.stderr and not (tmp_path / "mlflow.db").exists()

@@ -11,6 +11,7 @@ never left RUNNING.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -22,9 +23,29 @@ SWEEP_STORE_ENV = "TRAINWISE_SWEEP_STORE"
 
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from trainwise.errors import UserError
+
+        try:
+            self._start(config)
+        except UserError as err:
+            # SystemExit, not the error: Hydra would print any Exception with a traceback and exit 1.
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(err.exit_code) from None
+
+    def _start(self, config: DictConfig) -> None:
+        from omegaconf.errors import InterpolationResolutionError
+
+        from trainwise.errors import UserError
         from trainwise.provenance import code_and_versions
         from trainwise.tracking import open_store
 
+        try:  # the launcher's settings (the SLURM preset derives tasks from the accelerator) before any job
+            OmegaConf.to_container(config.hydra.launcher, resolve=True)
+        except InterpolationResolutionError as err:
+            cause = err  # OmegaConf re-raises while handling the resolver's error: find that error
+            while cause is not None and not isinstance(cause, UserError):
+                cause = cause.__cause__ or cause.__context__
+            raise cause or err from None
         store = open_store(config.tracking.uri)
         experiment_id = store.experiment_id(config.tracking.experiment)
         from trainwise.config import mask_text

@@ -509,12 +509,33 @@ def task(cfg: DictConfig) -> float | None:
 
 
 def register_experiments() -> None:
-    """Put experiments/*.yaml in Hydra's `experiment` group (the folder ships beside conf/, not inside it)."""
+    """Put experiments/*.yaml in Hydra's `experiment` group (the folder ships beside conf/, not inside it), and
+    register the resolvers the config files use."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     for path in sorted(experiments_dir().glob("*.yaml")):
         store.store(group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_")
+    # The SLURM launcher preset asks for the tasks and GPUs the accelerator needs (one task per DDP rank).
+    OmegaConf.register_new_resolver("trainwise_tasks_per_node", _slurm_tasks_per_node, replace=True)
+    OmegaConf.register_new_resolver("trainwise_gpus_per_node", _slurm_gpus_per_node, replace=True)
+
+
+def _slurm_tasks_per_node(accelerator) -> int:
+    if str(accelerator.get("strategy", "auto")) != "ddp":
+        return 1
+    if not isinstance(accelerator.devices, int):
+        raise UserError(
+            f"accelerator.devices={accelerator.devices!r} with hydra/launcher=slurm: give the number of devices per "
+            "node (SLURM starts one task per device)"
+        )
+    return accelerator.devices
+
+
+def _slurm_gpus_per_node(accelerator) -> int:
+    if str(accelerator.accelerator) == "cpu":
+        return 0
+    return _slurm_tasks_per_node(accelerator)
 
 
 def hydra_main(args: list[str]) -> int:
