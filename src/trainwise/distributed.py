@@ -27,7 +27,8 @@ from trainwise.errors import UserError
 
 # Rank 0 may spend a while before its plan is ready (resolving or downloading a foundation).
 _GROUP_TIMEOUT = timedelta(minutes=60)
-_RANK_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "RANK", "WORLD_SIZE")
+_STARTED_HERE = "TRAINWISE_LOCAL_RANKS"  # set while the ranks are ones trainwise started on this machine
+_RANK_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "RANK", "WORLD_SIZE", _STARTED_HERE)
 
 
 @dataclass
@@ -102,6 +103,16 @@ def ranks(accelerator_cfg, job_dir: Path, overrides: list[str]):
                 os.environ[key] = value
 
 
+def cluster_plugins() -> list:
+    """For Lightning's Trainer: ranks trainwise started describe themselves in the environment (LOCAL_RANK, ...),
+    even inside a SLURM allocation, where Lightning would otherwise read every rank as SLURM's task 0."""
+    if not os.environ.get(_STARTED_HERE):
+        return []
+    from lightning_fabric.plugins.environments import LightningEnvironment
+
+    return [LightningEnvironment()]
+
+
 def _devices_per_node(accelerator_cfg) -> int:
     devices = accelerator_cfg.get("devices", "auto")
     if str(devices) == "auto":
@@ -158,6 +169,7 @@ def _start_local_ranks(per_node: int, job_dir: Path, overrides: list[str]) -> Wo
         LOCAL_RANK="0",  # Lightning: the processes exist already, it starts none of its own
         RANK="0",
         WORLD_SIZE=str(per_node),
+        **{_STARTED_HERE: "1"},
     )
     job_dir = job_dir.resolve()
     logs = job_dir / "ddp"
