@@ -84,6 +84,11 @@ def validate(cfg: DictConfig) -> None:
     lr = cfg.optimizer.get("lr")
     if not isinstance(lr, (int, float)) or lr <= 0:
         raise UserError(f"optimizer.lr={lr!r} must be a positive number, e.g. optimizer.lr=0.001")
+    accel = cfg.accelerator
+    if str(accel.get("channels_last", "auto")) not in ("auto", "True", "False"):
+        raise UserError(f"accelerator.channels_last={accel.channels_last!r} must be auto, true or false")
+    if not isinstance(accel.get("compile", False), bool):
+        raise UserError(f"accelerator.compile={accel.compile!r} must be true or false")
     if str(cfg.accelerator.get("strategy", "auto")) == "ddp" and cfg.strategy.get("unfreeze_at_epoch") is not None:
         raise UserError(
             f"strategy.unfreeze_at_epoch={cfg.strategy.unfreeze_at_epoch} cannot run under accelerator="

@@ -28,6 +28,7 @@ class ClassificationModule(pl.LightningModule):
         frozen: list[nn.Module],
         checkpoint_meta: dict,
         features_cached: bool = False,
+        channels_last: bool = False,
     ):
         super().__init__()
         self.net = net
@@ -41,6 +42,7 @@ class ClassificationModule(pl.LightningModule):
             module.eval()
         self.checkpoint_meta = checkpoint_meta
         self.features_cached = features_cached  # inputs are backbone features: only the head runs
+        self.channels_last = channels_last and not features_cached  # images in NHWC to match the weights
         # Per stage: mean loss and accuracy, accumulated on the device each step and logged once per epoch
         # (a self.log call per step costs Lightning about a millisecond; on small models that is the overhead).
         self.stage_metrics = nn.ModuleDict(
@@ -61,7 +63,11 @@ class ClassificationModule(pl.LightningModule):
         self.register_buffer("nonfinite_losses", torch.zeros((), dtype=torch.int64), persistent=False)
 
     def forward(self, x):
-        return self.net.head(x) if self.features_cached else self.net(x)
+        if self.features_cached:
+            return self.net.head(x)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
 
     def train(self, mode: bool = True):
         # Frozen parts stay in eval mode: BatchNorm statistics and dropout of a frozen backbone are untouched.

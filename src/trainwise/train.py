@@ -169,6 +169,11 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, world=None, plan: Pl
             datamodule = cache_features(datamodule, net.backbone)
             tracked.set_tags({"trainwise.cached_features": "true"})
         caching_seconds = time.perf_counter() - prepared
+        channels_last = _channels_last(cfg.accelerator)
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        if cfg.accelerator.get("compile", False):
+            net.compile()  # in place: the state dict (checkpoints, foundations) keeps its keys
         module = ClassificationModule(
             net,
             datamodule.num_classes,
@@ -183,6 +188,7 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, world=None, plan: Pl
                 "run_id": tracked.run_id,
             },
             features_cached=cached,
+            channels_last=channels_last,
         )
         total, trainable = count_parameters(net)
 
@@ -350,7 +356,6 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
     import warnings
 
     import pytorch_lightning as pl
-    import torch
     from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 
     from trainwise import distributed
@@ -369,8 +374,7 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
     accel = cfg.accelerator
     precision = str(accel.precision)
     if precision == "auto":
-        on_gpu = torch.cuda.is_available() and accel.accelerator in ("auto", "gpu", "cuda")
-        precision = "bf16-mixed" if on_gpu else "32-true"
+        precision = "bf16-mixed" if _on_gpu(accel) else "32-true"
     checkpoint = ModelCheckpoint(
         dirpath=job_dir / "checkpoints",
         filename="best",
@@ -410,6 +414,17 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
         **passthrough,
     )
     return trainer, checkpoint, counter, stop
+
+
+def _on_gpu(accel) -> bool:
+    import torch
+
+    return torch.cuda.is_available() and str(accel.accelerator) in ("auto", "gpu", "cuda")
+
+
+def _channels_last(accel) -> bool:
+    wanted = str(accel.get("channels_last", "auto"))
+    return _on_gpu(accel) if wanted == "auto" else wanted == "True"
 
 
 def _peak_memory_mb() -> float:
