@@ -375,45 +375,78 @@ def cached_features(
     return {"speedup": base / cand, "uncached_epoch_s": base, "cached_epoch_s": cand, "caching_s": min(caching)}
 
 
-def device_resident(reps: int, quick: bool, per_class: int = GLYPHS_PER_CLASS_CPU) -> dict[str, float]:
-    """Per-sample DataLoader (TensorDataset + RandomSampler + default collate) vs trainwise's
-    TensorDataModule.train_dataloader() (whole batches indexed at once), the same small_cnn trained by the same
-    plain loop over either loader, so only the input pipeline differs."""
+def device_resident(
+    reps: int, quick: bool, per_class: int = GLYPHS_PER_CLASS_CPU, device: str = "cpu"
+) -> dict[str, float]:
+    """Training with crop/flip augmentation (glyphs' shipped `augment_pad`), the same small_cnn trained by the same
+    plain loop, fed two ways:
+    baseline: a per-sample DataLoader (a Dataset applying torchvision's v2.RandomCrop(padding) +
+    v2.RandomHorizontalFlip to one image per __getitem__, RandomSampler, default collate, 0 workers), each batch
+    then copied to `device`;
+    candidate: trainwise's TensorDataModule with `dataset.augment=crop_flip`: split tensors placed on `device` once
+    (`place_on`, what its setup() does under a Trainer), whole batches indexed at once, crop/flip drawn for the
+    whole batch on the device (`augment_batch`, what its on_after_batch_transfer hook does)."""
     import torch
     import torch.nn.functional as F
     from hydra.utils import instantiate
-    from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+    from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-    cfg = compose("model=small_cnn", "dataset=glyphs", f"dataset.num_per_class={per_class}")
+    from trainwise.data.augment import per_sample_transform
+
+    cfg = compose(
+        "model=small_cnn", "dataset=glyphs", f"dataset.num_per_class={per_class}", "dataset.augment=crop_flip"
+    )
     net, datamodule = _net_and_data(cfg)
+    net.to(device)
     optimizer = instantiate(cfg.optimizer)(net.parameters())
     idx = torch.from_numpy(datamodule.train_idx)
-    dataset = TensorDataset(datamodule.data.images[idx], datamodule.data.labels[idx])
-    per_sample = DataLoader(dataset, batch_size=datamodule.batch_size, sampler=RandomSampler(dataset), num_workers=0)
+    images, labels = datamodule.data.images[idx], datamodule.data.labels[idx]
+    transform = per_sample_transform(int(images.shape[-1]), int(cfg.dataset.augment_pad))
+
+    class PerSample(Dataset):
+        def __len__(self) -> int:
+            return len(labels)
+
+        def __getitem__(self, i: int):
+            return transform(images[i]), labels[i]
+
+    per_sample = DataLoader(PerSample(), batch_size=datamodule.batch_size, sampler=RandomSampler(PerSample()))
+    datamodule.place_on(torch.device(device))
     batched = datamodule.train_dataloader()
     epochs = 2 if quick else 3
+
+    def batches(loader, epoch: int):
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        for step, (x, y) in enumerate(loader):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # no-op when resident
+            if loader is batched:
+                x = datamodule.augment_batch(x, epoch, step)
+            yield x, y
 
     def epochs_through(loader) -> float:
         starts = []
         for epoch in range(epochs):
+            _sync()
             starts.append(time.perf_counter())
-            if hasattr(loader.sampler, "set_epoch"):
-                loader.sampler.set_epoch(epoch)
-            for x, y in loader:
+            for x, y in batches(loader, epoch):
                 loss = F.cross_entropy(net(x), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+        _sync()
         return _epoch_figures(starts, time.perf_counter(), [])["epoch_s"]
 
     def pipeline_only(loader) -> float:
+        _sync()
         started = time.perf_counter()
-        for _ in loader:
+        for _ in batches(loader, 0):
             pass
+        _sync()
         return time.perf_counter() - started
 
     base, cand = _interleave(reps, lambda: epochs_through(per_sample), lambda: epochs_through(batched))
-    # Detail: the input pipeline alone (iterate one epoch, no model), which is what the two loaders differ in.
+    # Detail: the input pipeline alone (one epoch of augmented batches on the device, no model).
     pipe_base, pipe_cand = _interleave(max(reps, 3), lambda: pipeline_only(per_sample), lambda: pipeline_only(batched))
     return {
         "speedup": base / cand,
@@ -424,6 +457,8 @@ def device_resident(reps: int, quick: bool, per_class: int = GLYPHS_PER_CLASS_CP
         "pipeline_only_speedup": pipe_base / pipe_cand,
         "train_images": len(idx),
         "glyphs_num_per_class": per_class,
+        "augment_pad": int(cfg.dataset.augment_pad),
+        "resident": datamodule.resident_device is not None,
     }
 
 
@@ -475,7 +510,8 @@ def demo_seconds(tmp: Path) -> dict[str, float]:
 
 def gpu_figures(tmp: Path, reps: int, quick: bool) -> dict[str, float]:
     """On CUDA: resnet18 at 32x32, bf16 (trainwise recipe vs a plain bf16-autocast loop on device-resident
-    tensors), and head-only resnet50 at 224x224, cached features vs the backbone every step."""
+    tensors); head-only resnet50 at 224x224, cached features vs the backbone every step; device_resident on the
+    GPU (all 62,000 glyphs, fp32)."""
     import torch
 
     if not torch.cuda.is_available():
@@ -492,6 +528,9 @@ def gpu_figures(tmp: Path, reps: int, quick: bool) -> dict[str, float]:
     cached = cached_features(tmp, reps, quick, model="resnet50", input_shape=(3, 224))
     out.update({f"gpu_resnet50_224_{k}": v for k, v in cached.items()})
     out["gpu_cached_features_speedup"] = cached["speedup"]
+    resident = device_resident(reps, quick, per_class=GLYPHS_PER_CLASS_CPU if quick else 1000, device="cuda")
+    out.update({f"gpu_device_resident_{k}": v for k, v in resident.items()})
+    out["gpu_device_resident_speedup"] = resident["speedup"]
     return out
 
 
@@ -576,8 +615,8 @@ def main(argv: list[str] | None = None) -> int:
         results["device_resident_speedup"] = dr.pop("speedup")
         results.update({f"device_resident_{k}": v for k, v in dr.items()})
         notes.append(
-            f"device_resident_speedup: glyphs subset, num_per_class={GLYPHS_PER_CLASS_CPU} "
-            f"({dr['train_images']} training images), not the full 62,000"
+            f"device_resident_speedup: crop/flip (pad {dr['augment_pad']}), glyphs subset, "
+            f"num_per_class={GLYPHS_PER_CLASS_CPU} ({dr['train_images']} training images), not the full 62,000"
         )
 
         if not args.skip_demo:

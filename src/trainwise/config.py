@@ -12,7 +12,7 @@ from trainwise.errors import UserError
 
 # Keys that change where or how fast data loads, not what a run computes: left out of identity hashes.
 # (`root` stays in: for imagefolder the folder *is* the data.)
-_NOT_IDENTITY = {"num_workers", "cache_dir", "download"}
+_NOT_IDENTITY = {"num_workers", "cache_dir", "download", "device_resident"}
 
 
 def to_container(cfg: DictConfig) -> dict:
@@ -77,6 +77,10 @@ def validate(cfg: DictConfig) -> None:
             value = data.get(key)
             if not isinstance(value, int) or value <= 0:
                 raise UserError(f"{slot}.{key}={value!r} must be a positive integer")
+        if str(data.get("device_resident", "auto")).lower() not in ("auto", "true", "false"):
+            raise UserError(f"{slot}.device_resident={data.device_resident!r} must be auto, true or false")
+    for slot in ("dataset", "source"):
+        augment_pad(cfg[slot])
     for key in ("max_epochs",):
         value = cfg.trainer.get(key)
         if not isinstance(value, int) or value <= 0:
@@ -98,6 +102,23 @@ def validate(cfg: DictConfig) -> None:
     from trainwise.strategies.freeze import parse_freeze
 
     parse_freeze(cfg.strategy.get("freeze", "none"))
+
+
+AUGMENTS = ("none", "crop_flip")  # see trainwise.data.augment
+
+
+def augment_pad(data_cfg) -> int | None:
+    """The crop padding when a dataset node asks for crop_flip, None for no augmentation (checked here, without
+    torch, so that a bad value stops a run before it starts)."""
+    name = str(data_cfg.get("augment", "none")).lower()
+    if name in ("none", "null"):
+        return None
+    if name != "crop_flip":
+        raise UserError(f"dataset.augment={name!r} is not valid; choose one of: {', '.join(AUGMENTS)}")
+    pad = data_cfg.get("augment_pad", 4)
+    if not isinstance(pad, int) or pad < 0:
+        raise UserError(f"dataset.augment_pad={pad!r} must be a non-negative integer (pixels)")
+    return pad
 
 
 _SECRET_WORDS = ("TOKEN", "PASSWORD", "SECRET", "KEY")

@@ -166,8 +166,8 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, world=None, plan: Pl
         if cached:
             from trainwise.data.features import cache_features
 
-            datamodule = cache_features(datamodule, net.backbone)
-            tracked.set_tags({"trainwise.cached_features": "true"})
+            datamodule = cache_features(datamodule, net.backbone, device="cuda" if _on_gpu(cfg.accelerator) else "cpu")
+        tracked.set_tags({"trainwise.cached_features": str(cached).lower()})
         caching_seconds = time.perf_counter() - prepared
         channels_last = _channels_last(cfg.accelerator)
         if channels_last:
@@ -212,6 +212,7 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, world=None, plan: Pl
                 if (Path(checkpoint.dirpath) / name).is_file():
                     tracked.log_artifact(Path(checkpoint.dirpath) / name, "checkpoints")
 
+        tracked.set_tags({"trainwise.data_device": str(datamodule.resident_device or "host memory")})
         samples = world.total(counter.samples)  # every rank's share
         confusion = module.test_confusion.compute()  # synced over the ranks: every rank computes it
         if not world.is_zero:

@@ -1,7 +1,13 @@
-"""A LightningDataModule over images held as tensors (datasets small enough to sit in memory)."""
+"""A LightningDataModule over images held as tensors (datasets small enough to sit in memory).
+
+On a GPU the split tensors move to the device once, when they fit (`dataset.device_resident`), so a batch is an
+index into device memory: no per-step host-to-device copy and no DataLoader workers. Training batches are augmented
+there, whole batches at a time (`dataset.augment`, see trainwise.data.augment).
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -11,7 +17,16 @@ import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
+from trainwise.config import augment_pad
+from trainwise.data.augment import batch_generator, crop_flip
 from trainwise.data.batches import EpochBatches
+from trainwise.errors import UserError
+
+log = logging.getLogger("trainwise")
+
+# device_resident=auto: the data moves to the GPU when it takes less than this share of the free GPU memory; the
+# rest is left for the model, its activations and the optimizer state.
+RESIDENT_SHARE_OF_FREE = 0.25
 
 
 @dataclass
@@ -80,6 +95,11 @@ class TensorDataModule(pl.LightningDataModule):
         self.batch_size = int(cfg.batch_size)
         self.num_workers = int(cfg.get("num_workers", 0))
         self.seed = seed
+        self.augment_pad = augment_pad(cfg)  # None: no augmentation
+        self.device_resident = str(cfg.get("device_resident", "auto")).lower()
+        if self.device_resident not in ("auto", "true", "false"):
+            raise UserError(f"dataset.device_resident={self.device_resident!r} must be auto, true or false")
+        self.resident_device: torch.device | None = None  # set by setup(): where the split tensors live
         labels = data.labels.numpy()
         everything = np.arange(len(labels))
         test_mask, val_mask = _mask(data.test_mask, len(labels)), _mask(data.val_mask, len(labels))
@@ -130,15 +150,66 @@ class TensorDataModule(pl.LightningDataModule):
         )
         return len(train)
 
+    def setup(self, stage: str) -> None:
+        self.place_on(self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu"))
+
+    def place_on(self, device: torch.device) -> None:
+        """Decide whether the loaders serve batches from `device` memory (see dataset.device_resident)."""
+        device = torch.device(device)
+        self.resident_device = device if self._resident_on(device) else None
+        if device.type != "cpu":
+            where = f"held on {device}" if self.resident_device else "streamed from host memory"
+            log.info("data: %.1f MB of tensors, %s", self._split_bytes() / 2**20, where)
+
+    def _resident_on(self, device: torch.device) -> bool:
+        if device.type == "cpu" or self.device_resident == "false":
+            return False  # on CPU the tensors already are where the model runs
+        if self.device_resident == "true":
+            return True
+        if device.type != "cuda":
+            return False
+        free, _total = torch.cuda.mem_get_info(device)
+        return self._split_bytes() < RESIDENT_SHARE_OF_FREE * free
+
+    def _split_bytes(self) -> int:
+        """Bytes the three splits take (images and labels)."""
+        share = sum(self.sizes().values()) / max(1, len(self.data.labels))
+        return int(share * (self.data.images.nbytes + self.data.labels.nbytes))
+
+    def augment_batch(self, images: torch.Tensor, epoch: int, batch: int, rank: int = 0) -> torch.Tensor:
+        """dataset.augment applied to one training batch, on its device, drawn from (seed, epoch, batch, rank)."""
+        if self.augment_pad is None:
+            return images
+        generator = batch_generator(images.device, self.seed, epoch, batch, rank)
+        return crop_flip(images, self.augment_pad, generator)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # Training batches only, after they reach the device. The batch's index within the epoch is the count of
+        # batches Lightning has made ready so far (it restores that count on resume; this hook runs just before
+        # it is incremented).
+        trainer = self.trainer
+        if self.augment_pad is None or trainer is None or not trainer.training:
+            return batch
+        images, labels = batch
+        batch_idx = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        return self.augment_batch(images, trainer.current_epoch, batch_idx, trainer.global_rank), labels
+
     def _loader(self, indices: np.ndarray, shuffle: bool) -> DataLoader:
         idx = torch.from_numpy(indices)
-        dataset = TensorDataset(self.data.images[idx], self.data.labels[idx])
+        images, labels = self.data.images[idx], self.data.labels[idx]
+        num_workers = self.num_workers
+        if self.resident_device is not None:
+            # Once per loader (per fit or test), not per step. No workers: a batch is an index into device memory
+            # (and CUDA tensors cannot be shared with forked worker processes).
+            images, labels = images.to(self.resident_device), labels.to(self.resident_device)
+            num_workers = 0
+        dataset = TensorDataset(images, labels)
         # Index the tensors with a whole batch of indices at once: no per-sample collation. Under DDP each rank
         # gets its own share (the Trainer runs with use_distributed_sampler=False).
         min_batches = self.min_train_batches if shuffle else 1
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         batches = EpochBatches(len(dataset), self.batch_size, self.seed, shuffle, min_batches, rank, world_size)
-        return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=self.num_workers)
+        return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_idx, shuffle=True)

@@ -62,9 +62,13 @@ def uses_pretrained(cfg: DictConfig) -> bool:
 
 def caches_features(cfg: DictConfig) -> bool:
     """Head-only training (frozen backbone, never unfrozen) on features computed once, unless
-    strategy.cache_features=false."""
+    strategy.cache_features=false or the training data is augmented (each step's inputs, so their features,
+    differ: a cache would train on unaugmented images)."""
     head_only = cfg.strategy.get("freeze") == "backbone" and cfg.strategy.get("unfreeze_at_epoch") is None
-    return head_only and str(cfg.strategy.get("cache_features", "auto")) != "False"
+    from trainwise.config import augment_pad
+
+    augmented = augment_pad(training_data(cfg)) is not None
+    return head_only and not augmented and str(cfg.strategy.get("cache_features", "auto")) != "False"
 
 
 def unfreeze_callback(cfg: DictConfig):

@@ -1,0 +1,197 @@
+"""The fast paths give what the slow ones give: head-only training on cached features ends at the same head as
+running the frozen backbone every step, and batched on-device augmentation draws the same transforms as
+torchvision's per-sample path. Everything runs on CPU in seconds."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from scipy.stats import chi2_contingency
+
+from conftest import compose_config
+from trainwise.data import build_datamodule
+from trainwise.data.augment import apply_crop_flip, crop_flip, crop_flip_params, per_sample_transform
+from trainwise.errors import UserError
+
+SIZE, PAD = 8, 2
+
+
+def _trainer(tmp_path, **kwargs) -> pl.Trainer:
+    options = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    options |= dict(enable_model_summary=False, deterministic=True, default_root_dir=tmp_path)
+    return pl.Trainer(accelerator="cpu", devices=1, **(options | kwargs))
+
+
+def _module(cfg, net, num_classes: int, frozen=(), features_cached: bool = False):
+    from trainwise.module import ClassificationModule
+    from trainwise.strategies.freeze import param_groups
+
+    groups = param_groups(net, cfg.optimizer.lr, 1.0)
+    return ClassificationModule(
+        net, num_classes, cfg.optimizer, cfg.scheduler, groups, list(frozen), {}, features_cached
+    )
+
+
+# ---------------------------------------------------------------- cached features
+
+
+def test_cached_features_train_the_same_head_as_the_frozen_backbone(tmp_path):
+    """Same seed, same initial weights, same batch order: the head trained on features cached once equals the head
+    trained behind the frozen backbone (eval mode: its BatchNorm uses running statistics) run every step."""
+    from trainwise.data.features import cache_features
+    from trainwise.models import build_model
+    from trainwise.strategies.freeze import freeze
+
+    cfg = compose_config("model=timm", "model.name=test_resnet", "dataset=digits")  # timm's tiny resnet: BatchNorm
+    datamodule = build_datamodule(cfg.dataset, cfg.seed, input_shape=(1, 16))
+    pl.seed_everything(cfg.seed, verbose=False)
+    net = build_model(cfg.model, datamodule.num_classes, 1, 16)
+    initial_head = copy.deepcopy(net.head.state_dict())
+    trained = {}
+    for cached in (False, True):
+        trial = copy.deepcopy(net)
+        frozen = freeze(trial, "backbone")
+        data = cache_features(datamodule, trial.backbone) if cached else datamodule
+        module = _module(cfg, trial, datamodule.num_classes, frozen, features_cached=cached)
+        _trainer(tmp_path, max_steps=8, limit_val_batches=0).fit(module, datamodule=data)
+        trained[cached] = trial
+    head, cached_head = trained[False].head.state_dict(), trained[True].head.state_dict()
+    assert not torch.allclose(head["weight"], initial_head["weight"])  # it trained
+    torch.testing.assert_close(cached_head, head, rtol=1e-4, atol=1e-5)
+    # The frozen backbone, BatchNorm running statistics included, did not move on either path.
+    torch.testing.assert_close(trained[False].backbone.state_dict(), net.backbone.state_dict(), rtol=0, atol=0)
+
+
+def test_augmented_training_data_is_not_cached():
+    from trainwise import strategies
+    from trainwise.data.features import cache_features
+
+    head_only = ("strategy=finetune", "strategy.freeze=backbone")
+    assert strategies.caches_features(compose_config(*head_only))
+    assert not strategies.caches_features(compose_config(*head_only, "dataset.augment=crop_flip"))
+    augmented = build_datamodule(compose_config("dataset.augment=crop_flip").dataset, seed=0)
+    with pytest.raises(ValueError, match="augmented"):
+        cache_features(augmented, torch.nn.Identity())
+
+
+# ---------------------------------------------------------------- batched augmentation
+
+
+def _position_coded(n: int) -> torch.Tensor:
+    """n copies of an image whose pixel values 1..SIZE*SIZE name their own position (0 is the padding)."""
+    return (torch.arange(SIZE * SIZE, dtype=torch.float32) + 1).view(1, 1, SIZE, SIZE).expand(n, 1, -1, -1)
+
+
+def _decode(out: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(top, left, flipped) of each crop of a position-coded image, read from the output: the first source pixel
+    in raster order and its right-hand neighbour (PAD <= SIZE - 2 leaves every crop at least two columns wide)."""
+    flat = out[:, 0].flatten(1)
+    first = (flat > 0).float().argmax(1)
+    i, j = first // SIZE, first % SIZE
+    rows = torch.arange(len(out))
+    here, right = flat[rows, first].long() - 1, out[rows, 0, i, j + 1].long() - 1
+    x, y, flipped = here % SIZE, here // SIZE, (right % SIZE) < (here % SIZE)
+    top = y + PAD - i
+    left = torch.where(flipped, x + PAD - (SIZE - 1 - j), x + PAD - j)
+    return top.numpy(), left.numpy(), flipped.numpy()
+
+
+def test_batched_crop_flip_draws_the_transforms_torchvision_draws_per_sample():
+    n = 4000
+    batched = crop_flip(_position_coded(n), PAD, torch.Generator().manual_seed(1))
+    transform = per_sample_transform(SIZE, PAD)
+    torch.manual_seed(2)
+    per_sample = torch.stack([transform(image) for image in _position_coded(n)])
+    draws = {"batched": _decode(batched), "per_sample": _decode(per_sample)}
+    offsets = 2 * PAD + 1
+    for name, (top, left, flipped) in draws.items():
+        # Each path on its own: offsets uniform on [0, 2*PAD], flips at 0.5 (a bug such as offsets only in
+        # [0, PAD) or no flips is off by at least 0.2 here; sampling noise at n=4000 is about 0.01).
+        for axis in (top, left):
+            frequencies = np.bincount(axis, minlength=offsets) / n
+            assert len(frequencies) == offsets and np.abs(frequencies - 1 / offsets).max() < 0.04, (name, frequencies)
+        assert abs(flipped.mean() - 0.5) < 0.04, name
+    # The joint distribution of (top, left, flip) is the same on both paths (chi-square, 50 cells, seeds fixed).
+    cells = [np.bincount((t * offsets + lf) * 2 + f, minlength=offsets**2 * 2) for t, lf, f in draws.values()]
+    assert chi2_contingency(np.stack(cells)).pvalue > 0.01
+
+
+def test_batched_crop_flip_keeps_shape_dtype_device_and_values():
+    from torchvision.transforms.v2 import functional as TF
+
+    images = torch.rand(64, 3, SIZE, SIZE)
+    top, left, flip = crop_flip_params(len(images), PAD, torch.Generator().manual_seed(0))
+    out = apply_crop_flip(images, PAD, top, left, flip)
+    assert (out.shape, out.dtype, out.device) == (images.shape, images.dtype, images.device)
+    for k, image in enumerate(images):  # each image exactly as torchvision crops and flips it with those draws
+        expected = TF.crop(TF.pad(image, [PAD]), int(top[k]), int(left[k]), SIZE, SIZE)
+        torch.testing.assert_close(out[k], TF.horizontal_flip(expected) if flip[k] else expected, rtol=0, atol=0)
+    assert 0 < flip.sum() < len(flip) and len(set(top.tolist())) == 2 * PAD + 1
+
+
+# ---------------------------------------------------------------- the datamodule
+
+
+class _Batches(pl.Callback):
+    """The images each step received, by stage (after on_after_batch_transfer), with (epoch, batch index)."""
+
+    def __init__(self):
+        self.seen: dict[str, list] = {"train": [], "val": [], "test": []}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen["train"].append((trainer.current_epoch, batch_idx, batch[0].clone()))
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.seen["val"].append((trainer.current_epoch, batch_idx, batch[0].clone()))
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.seen["test"].append((0, batch_idx, batch[0].clone()))
+
+
+def _batches_seen(tmp_path, augment: str) -> tuple[dict, object]:
+    from trainwise.models import build_model
+
+    cfg = compose_config("model=mlp", "dataset=digits", f"dataset.augment={augment}")
+    datamodule = build_datamodule(cfg.dataset, cfg.seed)
+    pl.seed_everything(cfg.seed, verbose=False)
+    module = _module(cfg, build_model(cfg.model, datamodule.num_classes, 1, SIZE), datamodule.num_classes)
+    record = _Batches()
+    limits = dict(limit_train_batches=3, limit_val_batches=2, limit_test_batches=2)
+    trainer = _trainer(tmp_path, max_epochs=2, callbacks=[record], **limits)
+    trainer.fit(module, datamodule=datamodule)
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    return record.seen, datamodule
+
+
+def test_the_datamodule_augments_training_batches_only_and_repeatably(tmp_path):
+    plain, _ = _batches_seen(tmp_path / "none", "none")
+    augmented, datamodule = _batches_seen(tmp_path / "crop_flip", "crop_flip")
+    again, _ = _batches_seen(tmp_path / "again", "crop_flip")
+    assert [len(plain[s]) for s in ("train", "val", "test")] == [6, 2 + 4, 2]  # sanity check + 2 epochs; test
+    for stage in ("val", "test"):  # never augmented
+        for (_, _, x), (_, _, y) in zip(plain[stage], augmented[stage], strict=True):
+            assert torch.equal(x, y)
+    for (epoch, idx, x), (_, _, y), (_, _, z) in zip(plain["train"], augmented["train"], again["train"], strict=True):
+        assert not torch.equal(x, y)
+        # The draw depends only on (seed, epoch, batch index): a rerun, or a resumed run, augments alike.
+        assert torch.equal(y, datamodule.augment_batch(x, epoch, idx)) and torch.equal(y, z)
+
+
+def test_device_resident_places_the_splits_on_the_device_and_checks_its_value():
+    datamodule = build_datamodule(compose_config("dataset=digits", "dataset.device_resident=true").dataset, seed=0)
+    datamodule.place_on(torch.device("cpu"))  # nothing to move on CPU
+    assert datamodule.resident_device is None
+    datamodule.place_on(torch.device("meta"))  # stands in for a GPU: batches come out of the device's memory
+    images, labels = next(iter(datamodule.train_dataloader()))
+    assert images.device.type == labels.device.type == "meta"
+    auto = build_datamodule(compose_config("dataset=digits").dataset, seed=0)
+    auto.place_on(torch.device("meta"))  # auto decides on CUDA only (it asks the free memory)
+    assert auto.resident_device is None
+    with pytest.raises(UserError, match="device_resident"):
+        build_datamodule(compose_config("dataset=digits", "dataset.device_resident=maybe").dataset, seed=0)
+    with pytest.raises(UserError, match="augment"):
+        build_datamodule(compose_config("dataset=digits", "dataset.augment=mixup").dataset, seed=0)
