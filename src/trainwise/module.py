@@ -45,11 +45,16 @@ class ClassificationModule(pl.LightningModule):
         self.channels_last = channels_last and not features_cached  # images in NHWC to match the weights
         # Per stage: mean loss and accuracy, accumulated on the device each step and logged once per epoch
         # (a self.log call per step costs Lightning about a millisecond; on small models that is the overhead).
+        # No per-step checks that read values back to the host (torchmetrics' NaN and argument checks do, which
+        # stalls a GPU every step): the inputs are our own, and a non-finite loss is caught below.
         self.stage_metrics = nn.ModuleDict(
             {
                 # keys "<stage>_split": ModuleDict keys must not shadow Module attributes such as train()
                 f"{stage}_split": nn.ModuleDict(
-                    {"loss": MeanMetric(), "acc": MulticlassAccuracy(num_classes, average="micro")}
+                    {
+                        "loss": MeanMetric(nan_strategy="disable"),
+                        "acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
+                    }
                 )
                 for stage in ("train", "val", "test")
             }
@@ -81,7 +86,7 @@ class ClassificationModule(pl.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         metrics = self.stage_metrics[f"{stage}_split"]
-        metrics["loss"].update(loss.detach(), weight=len(labels))
+        metrics["loss"].update(loss.detach().expand(len(labels)))  # one value per image: weighted by batch size
         metrics["acc"].update(logits.detach(), labels)
         if stage == "test":
             for metric in self.test_extras.values():
