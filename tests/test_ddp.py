@@ -72,3 +72,30 @@ def test_ddp_rejects_what_it_cannot_run(tmp_path):
         done = subprocess.run([*command, *overrides], cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert done.returncode == 2, done.stderr[-2000:]
         assert says in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("size, min_batches", [(1101, 1), (10, 6)])
+def test_each_rank_gets_its_own_share_of_every_epoch_in_as_many_steps(size, min_batches):
+    from trainwise.data.batches import EpochBatches
+
+    for epoch in (0, 1):
+        shares = []
+        for rank in range(3):
+            batches = EpochBatches(size, 64, seed=7, shuffle=True, min_batches=min_batches, rank=rank, world_size=3)
+            batches.set_epoch(epoch)
+            shares.append([b.tolist() for b in batches])
+            assert len(shares[-1]) == len(batches)
+        assert len({len(share) for share in shares}) == 1  # same number of steps on every rank: no DDP hang
+        passes = EpochBatches(size, 64, 7, True, min_batches, 0, 3).passes
+        seen = [i for share in shares for batch in share for i in batch]
+        assert len(seen) == passes * (size - size % 3)  # only the odd ones out are left out of a pass
+        per_pass = [set() for _ in range(passes)]
+        for share in shares:
+            per_batch = len(share) // passes
+            for p in range(passes):
+                for batch in share[p * per_batch : (p + 1) * per_batch]:
+                    assert not per_pass[p] & set(batch)  # no image twice in one pass, across ranks
+                    per_pass[p] |= set(batch)
+    # Evaluation keeps every image, each on one rank.
+    evaluation = [EpochBatches(size, 64, 7, False, rank=r, world_size=3) for r in range(3)]
+    assert sorted(i for b in evaluation for batch in b for i in batch.tolist()) == list(range(size))
