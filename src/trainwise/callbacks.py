@@ -1,8 +1,31 @@
-"""The two small Lightning callbacks trainwise adds; Lightning has no equivalent of either."""
+"""The small Lightning callbacks trainwise adds where Lightning has no equivalent."""
 
 from __future__ import annotations
 
+import time
+
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """`last.ckpt`, the full training state that `resume` continues from, written at the end of an epoch: the
+    first one, then once `every_s` seconds have passed since the previous write, and always at the last epoch or
+    when training stops early (Ctrl+C). Lightning's `train_time_interval` would save mid-epoch, from where a run
+    cannot resume exactly; saving every epoch cost short epochs more than the training itself (2 CPU cores).
+    A hard crash loses at most `every_s` seconds of training."""
+
+    def __init__(self, dirpath, every_s: float):
+        super().__init__(dirpath=dirpath, filename="last", enable_version_counter=False, save_on_train_epoch_end=True)
+        self.every_s = every_s
+        self._saved_at: float | None = None
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        final = trainer.should_stop or trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
+        due = self._saved_at is None or time.monotonic() - self._saved_at >= self.every_s
+        if final or due:
+            super().on_train_epoch_end(trainer, pl_module)
+            self._saved_at = time.monotonic()
 
 
 class SampleCounter(pl.Callback):

@@ -12,7 +12,7 @@ from trainwise.errors import UserError
 
 # Keys that change where or how fast data loads, not what a run computes: left out of identity hashes.
 # (`root` stays in: for imagefolder the folder *is* the data.)
-_NOT_IDENTITY = {"num_workers", "cache_dir", "download", "device_resident"}
+_NOT_IDENTITY = {"num_workers", "cache_dir", "download", "device_resident", "last_checkpoint_every_s"}
 
 
 def to_container(cfg: DictConfig) -> dict:

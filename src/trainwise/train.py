@@ -361,7 +361,7 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
     from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
     from trainwise import distributed
-    from trainwise.callbacks import EpochLines, GracefulStop, SampleCounter
+    from trainwise.callbacks import EpochLines, GracefulStop, LastCheckpoint, SampleCounter
     from trainwise.tracking.run import RunLogger
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -377,6 +377,7 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
     precision = str(accel.precision)
     if precision == "auto":
         precision = "bf16-mixed" if _on_gpu(accel) else "32-true"
+    # best.ckpt: weights only (what testing and a later fine-tune need), written each time val/acc improves.
     checkpoint = ModelCheckpoint(
         dirpath=job_dir / "checkpoints",
         filename="best",
@@ -384,10 +385,11 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
         mode="max",
         auto_insert_metric_name=False,
         enable_version_counter=False,
+        save_weights_only=True,
     )
-    # Not save_last=True: since Lightning 2.5 that writes last.ckpt only in epochs where `best` improved, and
-    # resume needs the state of the last completed epoch. An unmonitored checkpoint is saved every epoch.
-    last = ModelCheckpoint(dirpath=job_dir / "checkpoints", filename="last", enable_version_counter=False)
+    # last.ckpt: the full state resume continues from (not save_last=True: since Lightning 2.5 that writes only in
+    # epochs where `best` improved).
+    last = LastCheckpoint(job_dir / "checkpoints", every_s=float(cfg.get("last_checkpoint_every_s", 0)))
     counter, stop = SampleCounter(), GracefulStop()
     interactive = sys.stdout.isatty()
     callbacks = [
