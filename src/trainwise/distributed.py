@@ -28,7 +28,8 @@ from trainwise.errors import UserError
 # Rank 0 may spend a while before its plan is ready (resolving or downloading a foundation).
 _GROUP_TIMEOUT = timedelta(minutes=60)
 _STARTED_HERE = "TRAINWISE_LOCAL_RANKS"  # set while the ranks are ones trainwise started on this machine
-_RANK_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "RANK", "WORLD_SIZE", _STARTED_HERE)
+_RANK_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "RANK", "WORLD_SIZE", "OMP_NUM_THREADS")
+_RANK_ENV += (_STARTED_HERE,)
 
 
 @dataclass
@@ -81,6 +82,7 @@ def ranks(accelerator_cfg, job_dir: Path, overrides: list[str]):
         yield World()
         return
     saved = {k: os.environ.get(k) for k in _RANK_ENV}
+    threads = _torch_threads()
     world = _join_or_start(accelerator_cfg, job_dir, overrides)
     watcher = _watch(world, job_dir) if world.children else None
     try:
@@ -101,6 +103,20 @@ def ranks(accelerator_cfg, job_dir: Path, overrides: list[str]):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        if threads != _torch_threads():
+            _set_torch_threads(threads)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def cluster_plugins() -> list:
@@ -171,6 +187,12 @@ def _start_local_ranks(per_node: int, job_dir: Path, overrides: list[str]) -> Wo
         WORLD_SIZE=str(per_node),
         **{_STARTED_HERE: "1"},
     )
+    if "OMP_NUM_THREADS" not in os.environ:  # as Lightning's own launcher does: ranks share the cores, not each all
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // per_node)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
     job_dir = job_dir.resolve()
     logs = job_dir / "ddp"
     logs.mkdir(parents=True, exist_ok=True)
