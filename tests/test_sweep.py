@@ -68,6 +68,7 @@ def test_compare_experiment_then_report_from_mlflow_alone(tmp_path):
         assert "data:image/png;base64," in html  # self-contained
 
 
+@pytest.mark.slow  # ~24 s: kept out of `make test` to hold it under 10 minutes with the install
 def test_skip_finished_reuses_runs_and_the_report_still_covers_them(tmp_path):
     first = _train(tmp_path, "-m", "strategy=scratch,full", "sweep.skip_finished=true")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -100,6 +101,7 @@ def test_joblib_parallel_jobs_on_sqlite_lose_nothing_and_share_one_foundation(tm
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in jobs)
 
 
+@pytest.mark.slow  # ~24 s: kept out of `make test` to hold it under 10 minutes with the install
 def test_optuna_sweep_records_the_best_trial_on_the_parent(tmp_path):
     result = _train(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=3")
     assert result.returncode == 0, result.stderr[-3000:]
