@@ -358,7 +358,6 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
 
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
-    from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
     from trainwise import distributed
     from trainwise.callbacks import EpochLines, GracefulStop, LastCheckpoint, SampleCounter
@@ -407,7 +406,7 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
         num_nodes=int(accel.get("num_nodes", 1)),
         strategy=str(accel.get("strategy", "auto")),
         use_distributed_sampler=False,  # the datamodule gives each DDP rank its own share (data/batches.py)
-        plugins=[*distributed.cluster_plugins(), AsyncCheckpointIO()],
+        plugins=distributed.cluster_plugins(),
         precision=precision,
         deterministic=bool(cfg.deterministic),
         logger=RunLogger(tracked) if tracked is not None else False,  # under DDP only rank 0 logs
