@@ -99,3 +99,31 @@ def test_each_rank_gets_its_own_share_of_every_epoch_in_as_many_steps(size, min_
     # Evaluation keeps every image, each on one rank.
     evaluation = [EpochBatches(size, 64, 7, False, rank=r, world_size=3) for r in range(3)]
     assert sorted(i for b in evaluation for batch in b for i in batch.tolist()) == list(range(size))
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_rank_0_stops_every_rank_and_the_run_resumes_under_ddp(tmp_path):
+    import signal
+    import time
+
+    command = [sys.executable, "-m", "trainwise", "train", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    long = ["accelerator=ddp_cpu", "trainer.max_epochs=300", "last_checkpoint_every_s=0"]
+    log = tmp_path / "out.txt"
+    with open(log, "w") as out:
+        rank0 = subprocess.Popen([*command, *long], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while "epoch 3/300" not in log.read_text() and time.time() < deadline:
+            time.sleep(0.5)
+        rank0.send_signal(signal.SIGINT)  # rank 0 only: the ranks decide together to stop
+        assert rank0.wait(timeout=120) == 130, log.read_text()[-3000:]
+    _, (run,) = runs(tmp_path)
+    assert run.info.status == "KILLED"
+
+    wrong = subprocess.run([*command, f"resume={run.info.run_id}"], cwd=tmp_path, capture_output=True, text=True)
+    assert wrong.returncode == 2 and "accelerator=ddp_cpu" in wrong.stderr  # it must resume the way it ran
+    resume = [f"resume={run.info.run_id}", "accelerator=ddp_cpu"]
+    done = subprocess.run([*command, *resume], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client, (resumed,) = runs(tmp_path)
+    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
+    assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 300

@@ -69,12 +69,31 @@ class EpochLines(pl.Callback):
 class GracefulStop(pl.Callback):
     """SIGINT/SIGTERM during fit: finish the current batch and stop, so trainwise can log the last checkpoint and
     end the MLflow run KILLED (Lightning's own Ctrl+C handling exits the process from inside `fit`).
-    A second Ctrl+C stops at once."""
+    A second Ctrl+C stops at once.
+
+    Under DDP every rank must stop after the same batch, or the others wait forever in the next all-reduce: the
+    ranks decide together (one rank signalled is enough) every CHECK_EVERY batches and at each epoch end."""
+
+    CHECK_EVERY = 10
 
     def __init__(self):
         self.signal: int | None = None
+        self.stopped = False  # training stopped early because of a signal (on any rank, under DDP)
         self._trainer = None
         self._previous: dict[int, object] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.world_size > 1 and (batch_idx + 1) % self.CHECK_EVERY == 0:
+            self._decide_together(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.world_size > 1:
+            self._decide_together(trainer)
+
+    def _decide_together(self, trainer) -> None:
+        if trainer.strategy.reduce_boolean_decision(self.signal is not None, all=False):
+            trainer.should_stop = True
+            self.stopped = True
 
     def on_train_start(self, trainer, pl_module):
         # Not on_fit_start: Lightning records every signal handler after that hook and restores them at teardown,
@@ -107,5 +126,6 @@ class GracefulStop(pl.Callback):
         print(
             f"\nReceived {signal.Signals(signum).name}: stopping after this batch (Ctrl+C again: at once).", flush=True
         )
-        if self._trainer is not None:
+        if self._trainer is not None and self._trainer.world_size == 1:
             self._trainer.should_stop = True
+            self.stopped = True

@@ -90,6 +90,10 @@ def ranks(accelerator_cfg, job_dir: Path, overrides: list[str]):
         yield world
         if world.is_zero:
             world.send_plan(None)  # a no-op when the plan went out
+        if world.distributed:  # every rank's collectives are done before any rank tears its group down
+            import torch.distributed as dist
+
+            dist.barrier()
     except BaseException:
         if world.is_zero and not world.plan_sent:
             _release_quietly(world)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -82,7 +83,9 @@ def _lead(cfg: DictConfig, ctx: JobContext, world) -> RunResult:
     if cfg.resume:
         from trainwise.resume import resume_point
 
+        logged_accelerator = cfg.accelerator
         cfg, point = resume_point(cfg, store)
+        _check_same_ranks(cfg, world, logged_accelerator)
         return _train_and_log(strategies.effective_config(cfg), ctx, store, world, Plan(resume=point))
     cfg = strategies.effective_config(cfg)
     if cfg.sweep.skip_finished:
@@ -92,6 +95,21 @@ def _lead(cfg: DictConfig, ctx: JobContext, world) -> RunResult:
     lock = _foundation_lock(store, strategies.foundation_hash(cfg)) if cfg.strategy.data == "source" else nullcontext()
     with lock:
         return _train_and_log(cfg, ctx, store, world)
+
+
+def _check_same_ranks(cfg: DictConfig, world, asked) -> None:
+    """A resumed run continues on the accelerator it logged; the ranks of this job were started from the command
+    line's, so the two must agree on DDP (and with it on who logs and who writes checkpoints)."""
+    from trainwise.distributed import uses_ddp
+
+    if uses_ddp(cfg.accelerator) != world.distributed:
+        keys = [k for k in ("devices", "num_nodes") if k in cfg.accelerator]
+        extra = "".join(f" accelerator.{k}={cfg.accelerator[k]}" for k in keys)
+        raise UserError(
+            f"resume={cfg.resume}: that run trained with accelerator={cfg.accelerator.name}, this command asks for "
+            f"accelerator={asked.name}; resume it the way it ran: trainwise train resume={cfg.resume} "
+            f"accelerator={cfg.accelerator.name}{extra if uses_ddp(cfg.accelerator) else ''}"
+        )
 
 
 @dataclass
@@ -204,8 +222,8 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, world=None, plan: Pl
                 module, datamodule=datamodule, ckpt_path=resume.checkpoint if resume else None, weights_only=True
             )
             fit_seconds = time.perf_counter() - started + caching_seconds
-            if stop.signal is not None:
-                raise Interrupted(stop.signal, tracked.run_id)
+            if stop.stopped:  # under DDP a rank may stop because another one was signalled
+                raise Interrupted(stop.signal or signal.SIGINT, tracked.run_id)
             tested = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False, weights_only=True)[0]
         finally:
             for name in ("best.ckpt", "last.ckpt"):
