@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import mlflow_client
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,6 +19,8 @@ def _env(**extra: str) -> dict[str, str]:
     return env | extra
 
 
+# Slow (~21 s): test_sweep.py's compare-experiment and joblib tests cover the same path in `make test`.
+@pytest.mark.slow
 def test_sweep_of_the_three_strategies_shares_one_foundation(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "trainwise", "train", "-m", "strategy=scratch,full,finetune", "profile=smoke"],
