@@ -81,8 +81,10 @@ def ranks(accelerator_cfg, job_dir: Path, overrides: list[str]):
     if not uses_ddp(accelerator_cfg):
         yield World()
         return
+    import torch
+
     saved = {k: os.environ.get(k) for k in _RANK_ENV}
-    threads = _torch_threads()
+    threads = torch.get_num_threads()
     world = _join_or_start(accelerator_cfg, job_dir, overrides)
     watcher = _watch(world, job_dir) if world.children else None
     try:
@@ -107,20 +109,7 @@ def ranks(accelerator_cfg, job_dir: Path, overrides: list[str]):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        if threads != _torch_threads():
-            _set_torch_threads(threads)
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
-def _set_torch_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
 
 
 def cluster_plugins() -> list:

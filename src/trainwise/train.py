@@ -83,9 +83,9 @@ def _lead(cfg: DictConfig, ctx: JobContext, world) -> RunResult:
     if cfg.resume:
         from trainwise.resume import resume_point
 
-        logged_accelerator = cfg.accelerator
+        asked_accelerator = cfg.accelerator  # the command line's; the run continues on the one it logged
         cfg, point = resume_point(cfg, store)
-        _check_same_ranks(cfg, world, logged_accelerator)
+        _check_same_ranks(cfg, world, asked_accelerator)
         return _train_and_log(strategies.effective_config(cfg), ctx, store, world, Plan(resume=point))
     cfg = strategies.effective_config(cfg)
     if cfg.sweep.skip_finished:
@@ -139,7 +139,7 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, world=None, plan: Pl
     resume = plan.resume
     data_cfg = strategies.training_data(cfg)
     with _open_run(cfg, ctx, store, world, plan) as tracked:
-        if resume is None:
+        if resume is None and world.is_zero:
             _log_config(tracked, cfg, ctx)
 
         # Weights: a fine-tune starts from a foundation (found in MLflow, trained first, or given). A resumed
@@ -162,7 +162,7 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, world=None, plan: Pl
         # Tiny labelled sets: each epoch repeats the data so the run sees min_train_steps steps in max_epochs.
         min_batches = math.ceil(cfg.min_train_steps / cfg.trainer.max_epochs)
         datamodule = build_datamodule(data_cfg, cfg.seed, input_shape, min_batches)
-        if resume is None:
+        if resume is None and world.is_zero:  # (the digest hashes every image: not on ranks that log nothing)
             sizes = {f"data.{k}_size": v for k, v in datamodule.sizes().items()}
             facts = {
                 "data.num_classes": datamodule.num_classes,
@@ -266,11 +266,14 @@ def _open_run(cfg: DictConfig, ctx: JobContext, store, world, plan: Plan):
     if not world.is_zero:
         return QuietRun(plan.run_id)
     data_name = strategies.training_data(cfg).name
-    run_name = f"{cfg.strategy.name}-{cfg.model.name}-{data_name}"
     reopen = plan.resume.run_id if plan.resume else None
     experiment_id = store.experiment_id(cfg.tracking.experiment)
     tags = _run_tags(cfg, data_name, ctx)
-    return TrackedRun(store, experiment_id, run_name, tags, reopen=reopen, local_dir=ctx.job_dir)
+    return TrackedRun(store, experiment_id, _run_name(cfg, data_name), tags, reopen=reopen, local_dir=ctx.job_dir)
+
+
+def _run_name(cfg: DictConfig, data_name: str) -> str:
+    return f"{cfg.strategy.name}-{cfg.model.name}-{data_name}"
 
 
 def _record_failed_job(cfg: DictConfig, ctx: JobContext, store, err: Exception) -> None:
@@ -279,9 +282,8 @@ def _record_failed_job(cfg: DictConfig, ctx: JobContext, store, err: Exception) 
 
     data_name = strategies.training_data(cfg).name
     tags = _run_tags(strategies.effective_config(cfg), data_name, ctx)
-    run_name = f"{cfg.strategy.name}-{cfg.model.name}-{data_name}"
     try:
-        with TrackedRun(store, store.experiment_id(cfg.tracking.experiment), run_name, tags):
+        with TrackedRun(store, store.experiment_id(cfg.tracking.experiment), _run_name(cfg, data_name), tags):
             raise err
     except UserError:
         pass
