@@ -146,12 +146,32 @@ def _max_epochs(cfg, datamodule) -> int:
 # The hand-written baseline loop
 
 
+@contextlib.contextmanager
+def _plain_pytorch_env():
+    """The process environment of a script that never imported Lightning: Lightning's import sets
+    PYTORCH_NVML_BASED_CUDA_CHECK=1, which on a machine without NVIDIA's driver makes every Adam step try to load
+    NVML (see trainwise.accelerator.skip_nvml_without_driver); a plain PyTorch loop does not pay that."""
+    from trainwise.accelerator import NVML_CHECK
+
+    saved = os.environ.pop(NVML_CHECK, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[NVML_CHECK] = saved
+
+
 def hand_loop(
     net, optimizer_cfg, datamodule, epochs: int, device: str = "cpu", bf16: bool = False, resident: bool = False
 ) -> dict[str, float]:
     """Plain PyTorch doing the work trainwise does per epoch: shuffled batches sliced from the same tensors,
     forward, cross-entropy, backward, optimizer step, training loss/accuracy accumulated on the device; then a
     validation pass (eval mode, no_grad, loss and accuracy); one host sync per epoch to read the numbers."""
+    with _plain_pytorch_env():
+        return _hand_loop(net, optimizer_cfg, datamodule, epochs, device, bf16, resident)
+
+
+def _hand_loop(net, optimizer_cfg, datamodule, epochs: int, device: str, bf16: bool, resident: bool):
     import torch
     import torch.nn.functional as F
     from hydra.utils import instantiate

@@ -3,12 +3,25 @@ what it computes or what its checkpoints hold."""
 
 from __future__ import annotations
 
+import ctypes
+import os
+
 import pytest
 import torch
 
 from conftest import compose_config, run_job
+from trainwise.accelerator import NVML_CHECK
 from trainwise.config import validate
 from trainwise.errors import UserError
+from trainwise.train import _build_trainer
+
+
+def _nvml_loadable() -> bool:
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return False
+    return True
 
 
 def _checkpoint_keys(result_dir) -> set[str]:
@@ -39,3 +52,27 @@ def test_compiled_network_trains_and_checkpoints_keep_their_keys(tmp_path, store
 def test_bad_speed_switches_are_named(override, says):
     with pytest.raises(UserError, match=says):
         validate(compose_config(override))
+
+
+@pytest.mark.skipif(_nvml_loadable(), reason="NVIDIA's NVML library is here: Lightning's NVML-based check is kept")
+def test_cpu_training_stops_looking_for_nvml_at_every_optimizer_step(tmp_path, monkeypatch):
+    """Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 on import. Without the driver, torch then tries to load NVML at
+    every Adam step (~0.3 ms a step on 2 cores); trainwise's Trainer leaves the variable out where NVML is missing."""
+    original, loads = ctypes.CDLL, []
+    monkeypatch.setattr(ctypes, "CDLL", lambda name, *a, **k: loads.append(name) or original(name, *a, **k))
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.Adam([weight])
+
+    def step() -> None:
+        weight.grad = torch.ones(3)
+        optimizer.step()
+
+    monkeypatch.setenv(NVML_CHECK, "1")
+    step()
+    assert "libnvidia-ml.so.1" in loads  # what every step costs while the variable is set
+    _build_trainer(compose_config("accelerator=cpu"), None, tmp_path)
+    assert NVML_CHECK not in os.environ
+    loads.clear()
+    step()
+    assert loads == []
+    assert torch.cuda.is_available() is False  # the same answer without the variable

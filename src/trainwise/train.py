@@ -18,6 +18,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from trainwise import accelerator
 from trainwise.config import config_hash, flatten, mask_secrets, mask_text, to_container, validate, validate_before_run
 from trainwise.errors import Interrupted, TrackingFailed, UserError
 from trainwise.paths import conf_dir, experiments_dir
@@ -184,10 +185,11 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, world=None, plan: Pl
         if cached:
             from trainwise.data.features import cache_features
 
-            datamodule = cache_features(datamodule, net.backbone, device="cuda" if _on_gpu(cfg.accelerator) else "cpu")
+            device = "cuda" if accelerator.on_gpu(cfg.accelerator) else "cpu"
+            datamodule = cache_features(datamodule, net.backbone, device=device)
         tracked.set_tags({"trainwise.cached_features": str(cached).lower()})
         caching_seconds = time.perf_counter() - prepared
-        channels_last = _channels_last(cfg.accelerator)
+        channels_last = accelerator.channels_last(cfg.accelerator)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
         if cfg.accelerator.get("compile", False):
@@ -241,7 +243,7 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, world=None, plan: Pl
             "cost/fit_seconds": fit_seconds,
             "cost/samples_per_second": samples / fit_seconds if fit_seconds > 0 else 0.0,
             "cost/train_samples": samples,
-            "cost/peak_memory_mb": _peak_memory_mb(),
+            "cost/peak_memory_mb": accelerator.peak_memory_mb(),
             "cost/epochs": float(trainer.current_epoch),
             "model/params_total": float(total),
             "model/params_trainable": float(trainable),
@@ -393,9 +395,7 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 
     accel = cfg.accelerator
-    precision = str(accel.precision)
-    if precision == "auto":
-        precision = "bf16-mixed" if _on_gpu(accel) else "32-true"
+    accelerator.skip_nvml_without_driver()
     # best.ckpt: weights only (what testing and a later fine-tune need), written each time val/acc improves.
     checkpoint = ModelCheckpoint(
         dirpath=job_dir / "checkpoints",
@@ -427,7 +427,7 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
         strategy=str(accel.get("strategy", "auto")),
         use_distributed_sampler=False,  # the datamodule gives each DDP rank its own share (data/batches.py)
         plugins=distributed.cluster_plugins(),
-        precision=precision,
+        precision=accelerator.precision(accel),
         deterministic=bool(cfg.deterministic),
         logger=RunLogger(tracked) if tracked is not None else False,  # under DDP only rank 0 logs
         callbacks=callbacks,
@@ -437,27 +437,6 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
         **passthrough,
     )
     return trainer, checkpoint, counter, stop
-
-
-def _on_gpu(accel) -> bool:
-    import torch
-
-    return torch.cuda.is_available() and str(accel.accelerator) in ("auto", "gpu", "cuda")
-
-
-def _channels_last(accel) -> bool:
-    wanted = str(accel.get("channels_last", "auto"))
-    return _on_gpu(accel) if wanted == "auto" else wanted == "True"
-
-
-def _peak_memory_mb() -> float:
-    import resource
-
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _run_tags(cfg: DictConfig, data_name: str, ctx: JobContext) -> dict[str, str]:
@@ -561,21 +540,21 @@ def register_experiments() -> None:
     OmegaConf.register_new_resolver("trainwise_gpus_per_node", _slurm_gpus_per_node, replace=True)
 
 
-def _slurm_tasks_per_node(accelerator) -> int:
-    if str(accelerator.get("strategy", "auto")) != "ddp":
+def _slurm_tasks_per_node(accel) -> int:
+    if str(accel.get("strategy", "auto")) != "ddp":
         return 1
-    if not isinstance(accelerator.devices, int):
+    if not isinstance(accel.devices, int):
         raise UserError(
-            f"accelerator.devices={accelerator.devices!r} with hydra/launcher=slurm: give the number of devices per "
+            f"accelerator.devices={accel.devices!r} with hydra/launcher=slurm: give the number of devices per "
             "node (SLURM starts one task per device)"
         )
-    return accelerator.devices
+    return accel.devices
 
 
-def _slurm_gpus_per_node(accelerator) -> int:
-    if str(accelerator.accelerator) == "cpu":
+def _slurm_gpus_per_node(accel) -> int:
+    if str(accel.accelerator) == "cpu":
         return 0
-    return _slurm_tasks_per_node(accelerator)
+    return _slurm_tasks_per_node(accel)
 
 
 def hydra_main(args: list[str]) -> int:
