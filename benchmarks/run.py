@@ -73,18 +73,49 @@ def _epoch_figures(starts: list[float], end: float, window_ends: list[float]) ->
     }
 
 
-def _epoch_timer():
+class _CallCounter:
+    """Python function calls from the start of the second epoch to the end of training, per epoch: a measure of
+    the work a loop does around the maths that, unlike wall time, a noisy machine does not change."""
+
+    def __init__(self):
+        self.profile = None
+        self.epochs = 0
+
+    def epoch_started(self, epoch: int) -> None:
+        if epoch == 1:
+            import cProfile
+
+            self.profile = cProfile.Profile()
+            self.profile.enable()
+        if epoch >= 1:
+            self.epochs += 1
+
+    def stopped(self) -> None:
+        if self.profile is not None:
+            self.profile.disable()
+
+    def per_epoch(self) -> float:
+        import pstats
+
+        return pstats.Stats(self.profile).total_calls / self.epochs if self.profile else float("nan")
+
+
+def _epoch_timer(count_calls: bool = False):
     import pytorch_lightning as pl
 
     class EpochTimer(pl.Callback):
-        """Wall-clock marks at the start of each training epoch, the end of its validation, and the end of fit."""
+        """Wall-clock marks at the start of each training epoch, the end of its validation, and the end of fit;
+        with count_calls, the Python calls per epoch (profiled: the times of that run are not comparable)."""
 
         def __init__(self):
             self.starts: list[float] = []
             self.window_ends: list[float] = []
             self.end = 0.0
+            self.calls = _CallCounter() if count_calls else None
 
         def on_train_epoch_start(self, trainer, pl_module):
+            if self.calls:
+                self.calls.epoch_started(trainer.current_epoch)
             _sync()
             self.starts.append(time.perf_counter())
 
@@ -96,9 +127,14 @@ def _epoch_timer():
         def on_train_end(self, trainer, pl_module):
             _sync()
             self.end = time.perf_counter()
+            if self.calls:
+                self.calls.stopped()
 
         def figures(self) -> dict[str, float]:
-            return _epoch_figures(self.starts, self.end, self.window_ends)
+            figures = _epoch_figures(self.starts, self.end, self.window_ends)
+            if self.calls:
+                figures["python_calls_per_epoch"] = self.calls.per_epoch()
+            return figures
 
     return EpochTimer()
 
@@ -162,16 +198,23 @@ def _plain_pytorch_env():
 
 
 def hand_loop(
-    net, optimizer_cfg, datamodule, epochs: int, device: str = "cpu", bf16: bool = False, resident: bool = False
+    net,
+    optimizer_cfg,
+    datamodule,
+    epochs: int,
+    device: str = "cpu",
+    bf16: bool = False,
+    resident: bool = False,
+    count_calls: bool = False,
 ) -> dict[str, float]:
     """Plain PyTorch doing the work trainwise does per epoch: shuffled batches sliced from the same tensors,
     forward, cross-entropy, backward, optimizer step, training loss/accuracy accumulated on the device; then a
     validation pass (eval mode, no_grad, loss and accuracy); one host sync per epoch to read the numbers."""
     with _plain_pytorch_env():
-        return _hand_loop(net, optimizer_cfg, datamodule, epochs, device, bf16, resident)
+        return _hand_loop(net, optimizer_cfg, datamodule, epochs, device, bf16, resident, count_calls)
 
 
-def _hand_loop(net, optimizer_cfg, datamodule, epochs: int, device: str, bf16: bool, resident: bool):
+def _hand_loop(net, optimizer_cfg, datamodule, epochs, device, bf16, resident, count_calls):
     import torch
     import torch.nn.functional as F
     from hydra.utils import instantiate
@@ -185,7 +228,10 @@ def _hand_loop(net, optimizer_cfg, datamodule, epochs: int, device: str, bf16: b
     batch, seed = datamodule.batch_size, datamodule.seed
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else (lambda: contextlib.nullcontext())
     starts, window_ends = [], []
+    calls = _CallCounter() if count_calls else None
     for epoch in range(epochs):
+        if calls:
+            calls.epoch_started(epoch)
         _sync()
         starts.append(time.perf_counter())
         net.train()
@@ -214,7 +260,11 @@ def _hand_loop(net, optimizer_cfg, datamodule, epochs: int, device: str, bf16: b
         _ = (float(loss_sum), int(correct), float(val_loss), int(val_correct))  # the epoch-end reduction
         window_ends.append(time.perf_counter())
     _sync()
-    return _epoch_figures(starts, time.perf_counter(), window_ends)
+    figures = _epoch_figures(starts, time.perf_counter(), window_ends)
+    if calls:
+        calls.stopped()
+        figures["python_calls_per_epoch"] = calls.per_epoch()
+    return figures
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -245,7 +295,7 @@ def _module(cfg, net, datamodule, frozen=(), features_cached: bool = False):
 
 
 @contextlib.contextmanager
-def _timed_recipe():
+def _timed_recipe(count_calls: bool = False):
     """trainwise.train.run, unchanged, with one extra callback (the epoch timer) added to the Trainer it builds."""
     import trainwise.train as train
 
@@ -254,7 +304,7 @@ def _timed_recipe():
 
     def build(*args, **kwargs):
         built = original(*args, **kwargs)
-        timers.append(_epoch_timer())
+        timers.append(_epoch_timer(count_calls))
         built[0].callbacks.append(timers[-1])
         return built
 
@@ -265,14 +315,14 @@ def _timed_recipe():
         train._build_trainer = original
 
 
-def trainwise_recipe(tmp: Path, name: str, *overrides: str) -> dict[str, float]:
+def trainwise_recipe(tmp: Path, name: str, *overrides: str, count_calls: bool = False) -> dict[str, float]:
     """One `trainwise train <overrides>` run in-process, exactly as the Hydra task runs it (tracking into a
     temporary SQLite store, checkpoints, test, artifacts). The recipe is the thing users run, so the framework
     figure goes through it; only the epoch timer callback is added to its Trainer."""
     from trainwise.train import JobContext, run
 
     cfg = compose(f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}", *overrides)
-    with _quiet(), _timed_recipe() as timers:
+    with _quiet(), _timed_recipe(count_calls) as timers:
         run(cfg, JobContext(job_dir=tmp / name, overrides=list(overrides)))
     return timers[-1].figures()
 
@@ -307,37 +357,111 @@ def lightning_fit(cfg, module, datamodule, job_dir: Path, tracked=None, max_epoc
 # The figures
 
 
+def plain_lightning(
+    cfg, net, datamodule, job_dir: Path, device: str = "cpu", count_calls: bool = False
+) -> dict[str, float]:
+    """The hand loop's step as the smallest LightningModule, fitted by a bare Trainer (no logger, checkpoints,
+    progress bar or callbacks but the epoch timer): what Lightning's loop itself costs over the hand loop."""
+    import pytorch_lightning as pl
+    import torch
+    import torch.nn.functional as F
+    from hydra.utils import instantiate
+
+    class PlainStep(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+            self.register_buffer("loss_sum", torch.zeros(()))
+            self.register_buffer("correct", torch.zeros((), dtype=torch.int64))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            logits = self.net(x)
+            loss = F.cross_entropy(logits, y)
+            self.loss_sum.add_(loss.detach() * len(y))
+            self.correct.add_((logits.detach().argmax(1) == y).sum())
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            logits = self.net(x)
+            self.loss_sum.add_(F.cross_entropy(logits, y) * len(y))
+            self.correct.add_((logits.argmax(1) == y).sum())
+
+        def on_validation_epoch_end(self):
+            _ = (float(self.loss_sum), int(self.correct))  # the epoch-end reduction, as the hand loop does
+            self.loss_sum.zero_()
+            self.correct.zero_()
+
+        def configure_optimizers(self):
+            return instantiate(cfg.optimizer)(self.parameters())
+
+    timer = _epoch_timer(count_calls)
+    on_gpu = device == "cuda"
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)  # trainwise's runs set it to WARNING
+    trainer = pl.Trainer(
+        accelerator="gpu" if on_gpu else "cpu",
+        devices=1,
+        precision="bf16-mixed" if on_gpu else "32-true",
+        max_epochs=_max_epochs(cfg, datamodule),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[timer],
+        default_root_dir=str(job_dir),
+    )
+    with _quiet():
+        trainer.fit(PlainStep(), datamodule=datamodule)
+    return timer.figures()
+
+
 def framework_overhead(
     tmp: Path, reps: int, quick: bool, overrides: tuple[str, ...] = ("model=small_cnn", "dataset=digits"), device="cpu"
 ):
-    """trainwise (the real recipe, tracking on, defaults as shipped) vs the hand loop: small_cnn on digits."""
+    """trainwise (the real recipe, tracking on, defaults as shipped) vs the hand loop: small_cnn on digits.
+    Also the same step in a bare Lightning Trainer, which splits the ratio into what Lightning's loop costs
+    (`lightning_floor`) and what trainwise adds on top of it (`over_lightning`)."""
     if quick:
         overrides += ("trainer.max_epochs=4", "min_train_steps=0")
     cfg = compose(*overrides)
     counter = iter(range(1000))
     epochs_used = []
+    runs: dict[str, list[dict[str, float]]] = {"hand": [], "lightning": [], "trainwise": []}
 
-    def baseline():
+    def hand(count_calls: bool = False):
         net, datamodule = _net_and_data(cfg)
         epochs = _max_epochs(cfg, datamodule)
         epochs_used.append(epochs)
         on_gpu = device == "cuda"  # the plain GPU loop keeps the small data on the device, in bf16 autocast
-        return hand_loop(net, cfg.optimizer, datamodule, epochs, device=device, bf16=on_gpu, resident=on_gpu)
+        return hand_loop(net, cfg.optimizer, datamodule, epochs, device, on_gpu, on_gpu, count_calls)
 
-    def candidate():
-        return trainwise_recipe(tmp, f"job{next(counter)}", *overrides)
+    def lightning(count_calls: bool = False):
+        net, datamodule = _net_and_data(cfg)
+        return plain_lightning(cfg, net, datamodule, tmp / f"lightning{next(counter)}", device, count_calls)
 
-    base_runs, cand_runs = [], []
-    _interleave(reps, lambda: base_runs.append(baseline()) or 0.0, lambda: cand_runs.append(candidate()) or 0.0)
-    base = statistics.median(r["epoch_s"] for r in base_runs)
-    cand = statistics.median(r["epoch_s"] for r in cand_runs)
+    def trainwise(count_calls: bool = False):
+        return trainwise_recipe(tmp, f"job{next(counter)}", *overrides, count_calls=count_calls)
+
+    variants = (("hand", hand), ("lightning", lightning), ("trainwise", trainwise))
+    for _ in range(reps):  # interleaved: hand 1, lightning 1, trainwise 1, hand 2, ...
+        for name, fit in variants:
+            runs[name].append(fit())
+    epoch = {name: statistics.median(r["epoch_s"] for r in done) for name, done in runs.items()}
+    # One more run of each, profiled: Python calls per epoch, the work around the maths that noise does not change.
+    calls = {f"{name}_python_calls_per_epoch": fit(True)["python_calls_per_epoch"] for name, fit in variants}
     return {
-        "ratio": cand / base,
-        "hand_epoch_s": base,
-        "trainwise_epoch_s": cand,
-        "hand_window_s": statistics.median(r["window_s"] for r in base_runs),
-        "trainwise_window_s": statistics.median(r["window_s"] for r in cand_runs),
+        "ratio": epoch["trainwise"] / epoch["hand"],
+        "lightning_floor_ratio": epoch["lightning"] / epoch["hand"],
+        "over_lightning_ratio": epoch["trainwise"] / epoch["lightning"],
+        "hand_epoch_s": epoch["hand"],
+        "lightning_epoch_s": epoch["lightning"],
+        "trainwise_epoch_s": epoch["trainwise"],
+        "hand_window_s": statistics.median(r["window_s"] for r in runs["hand"]),
+        "trainwise_window_s": statistics.median(r["window_s"] for r in runs["trainwise"]),
         "epochs": epochs_used[0],
+        **calls,
     }
 
 
@@ -622,6 +746,13 @@ def main(argv: list[str] | None = None) -> int:
         fw = step("framework_overhead", lambda: framework_overhead(tmp, reps, args.quick))
         results["framework_overhead_ratio"] = fw.pop("ratio")
         results.update({f"framework_{k}": v for k, v in fw.items()})
+        notes.append(
+            f"framework_overhead_ratio {results['framework_overhead_ratio']:.2f} = Lightning's loop "
+            f"{fw['lightning_floor_ratio']:.2f} (the same step in a bare Trainer / the hand loop) x trainwise on top "
+            f"{fw['over_lightning_ratio']:.2f} (trainwise / the bare Trainer); Python calls per epoch: hand loop "
+            f"{fw['hand_python_calls_per_epoch']:,.0f}, bare Trainer {fw['lightning_python_calls_per_epoch']:,.0f}, "
+            f"trainwise {fw['trainwise_python_calls_per_epoch']:,.0f}"
+        )
 
         tr = step("tracking_overhead", lambda: tracking_overhead(tmp, reps, args.quick))
         results["tracking_overhead_ratio"] = tr.pop("ratio")
