@@ -28,16 +28,6 @@ class LastCheckpoint(ModelCheckpoint):
             self._saved_at = time.monotonic()
 
 
-class SampleCounter(pl.Callback):
-    """Counts training images seen, for cost/samples_per_second (len() of a batch needs no device sync)."""
-
-    def __init__(self):
-        self.samples = 0
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.samples += len(batch[1])
-
-
 class EpochLines(pl.Callback):
     """One plain line per epoch, for logs and CI where a progress bar would be noise (not a TTY).
 

@@ -215,7 +215,7 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, world=None, plan: Pl
         # Fit (from the resume checkpoint, if any), then test the best checkpoint (by val/acc). Whatever
         # happens, the checkpoints written so far are logged.
         extra = [c for c in [strategies.unfreeze_callback(cfg)] if c is not None]
-        trainer, checkpoint, counter, stop = _build_trainer(cfg, tracked if world.is_zero else None, ctx.job_dir, extra)
+        trainer, checkpoint, stop = _build_trainer(cfg, tracked if world.is_zero else None, ctx.job_dir, extra)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         try:
@@ -233,7 +233,7 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, world=None, plan: Pl
                     tracked.log_artifact(Path(checkpoint.dirpath) / name, "checkpoints")
 
         tracked.set_tags({"trainwise.data_device": str(datamodule.resident_device or "host memory")})
-        samples = world.total(counter.samples)  # every rank's share
+        samples = world.total(module.samples_trained)  # every rank's share
         confusion = module.test_confusion.compute()  # synced over the ranks: every rank computes it
         if not world.is_zero:
             return None
@@ -382,7 +382,7 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
     from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 
     from trainwise import distributed
-    from trainwise.callbacks import EpochLines, GracefulStop, LastCheckpoint, SampleCounter
+    from trainwise.callbacks import EpochLines, GracefulStop, LastCheckpoint
     from trainwise.tracking.run import RunLogger
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -409,12 +409,11 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
     # last.ckpt: the full state resume continues from (not save_last=True: since Lightning 2.5 that writes only in
     # epochs where `best` improved).
     last = LastCheckpoint(job_dir / "checkpoints", every_s=float(cfg.get("last_checkpoint_every_s", 0)))
-    counter, stop = SampleCounter(), GracefulStop()
+    stop = GracefulStop()
     interactive = sys.stdout.isatty()
     callbacks = [
         checkpoint,  # first: trainer.test(ckpt_path="best") uses the first ModelCheckpoint
         last,
-        counter,
         stop,
         *(extra_callbacks or []),
         RichProgressBar() if interactive else EpochLines(),
@@ -436,7 +435,7 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
         default_root_dir=str(job_dir),
         **passthrough,
     )
-    return trainer, checkpoint, counter, stop
+    return trainer, checkpoint, stop
 
 
 def _run_tags(cfg: DictConfig, data_name: str, ctx: JobContext) -> dict[str, str]:
