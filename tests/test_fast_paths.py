@@ -195,3 +195,25 @@ def test_device_resident_places_the_splits_on_the_device_and_checks_its_value():
         build_datamodule(compose_config("dataset=digits", "dataset.device_resident=maybe").dataset, seed=0)
     with pytest.raises(UserError, match="augment"):
         build_datamodule(compose_config("dataset=digits", "dataset.augment=mixup").dataset, seed=0)
+
+
+def test_stage_metric_matches_torchmetrics_over_uneven_batches():
+    """The module's one-metric-per-stage (kept lean for speed) reports what torchmetrics' mean loss weighted by
+    batch size and micro accuracy report, including a short last batch."""
+    from torchmetrics import MeanMetric
+    from torchmetrics.classification import MulticlassAccuracy
+
+    from trainwise.module import LossAndAccuracy
+
+    generator = torch.Generator().manual_seed(0)
+    fused, mean_loss, accuracy = LossAndAccuracy(), MeanMetric(), MulticlassAccuracy(5, average="micro")
+    for size in (64, 64, 7):
+        logits = torch.randn(size, 5, generator=generator)
+        labels = torch.randint(0, 5, (size,), generator=generator)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        fused.update(loss, logits, labels)
+        mean_loss.update(loss, weight=size)
+        accuracy.update(logits, labels)
+    values = fused.compute()
+    assert values["loss"] == pytest.approx(float(mean_loss.compute()), rel=1e-6)
+    assert values["acc"] == pytest.approx(float(accuracy.compute()), abs=1e-7)
