@@ -396,6 +396,11 @@ def plain_lightning(
         def configure_optimizers(self):
             return instantiate(cfg.optimizer)(self.parameters())
 
+    from trainwise.accelerator import skip_nvml_without_driver
+
+    # As trainwise's Trainer does: otherwise only the first repetition (before any trainwise run removed the
+    # variable from this process) would pay the per-step NVML probe, and the split would mix that cost in.
+    skip_nvml_without_driver()
     timer = _epoch_timer(count_calls)
     on_gpu = device == "cuda"
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)  # trainwise's runs set it to WARNING
