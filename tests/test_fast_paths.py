@@ -217,3 +217,40 @@ def test_stage_metric_matches_torchmetrics_over_uneven_batches():
     values = fused.compute()
     assert values["loss"] == pytest.approx(float(mean_loss.compute()), rel=1e-6)
     assert values["acc"] == pytest.approx(float(accuracy.compute()), abs=1e-7)
+
+
+def test_terminal_progress_bar_reaches_the_last_batch_and_shows_epoch_metrics(tmp_path, monkeypatch):
+    """trainwise's lighter progress bar (10 redraws a second, no metric re-reads per batch) still moves to the
+    last batch of every epoch and shows the epoch's logged values, in a terminal."""
+    import contextlib
+    import io
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from trainwise.callbacks import ProgressBar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 2)
+
+        def training_step(self, batch, batch_idx):
+            return torch.nn.functional.cross_entropy(self.layer(batch[0]), batch[1])
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val/acc", 0.25, prog_bar=True)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = TensorDataset(torch.randn(28, 4), torch.randint(0, 2, (28,)))
+    screen = Terminal()
+    with contextlib.redirect_stdout(screen):
+        trainer = _trainer(tmp_path, max_epochs=2, enable_progress_bar=True, callbacks=[ProgressBar()])
+        trainer.fit(Tiny(), DataLoader(data, batch_size=4), DataLoader(data, batch_size=14))
+    last_line = screen.getvalue().rsplit("\r", 1)[-1]
+    assert "Epoch 1/1" in last_line and "7/7" in last_line and "val/acc: 0.250" in last_line

@@ -379,10 +379,9 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
     import warnings
 
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 
     from trainwise import distributed
-    from trainwise.callbacks import EpochLines, GracefulStop, LastCheckpoint
+    from trainwise.callbacks import EpochCheckpoint, EpochLines, GracefulStop, LastCheckpoint, ProgressBar
     from trainwise.tracking.run import RunLogger
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -397,7 +396,7 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
     accel = cfg.accelerator
     accelerator.skip_nvml_without_driver()
     # best.ckpt: weights only (what testing and a later fine-tune need), written each time val/acc improves.
-    checkpoint = ModelCheckpoint(
+    checkpoint = EpochCheckpoint(
         dirpath=job_dir / "checkpoints",
         filename="best",
         monitor="val/acc",
@@ -416,7 +415,7 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
         last,
         stop,
         *(extra_callbacks or []),
-        RichProgressBar() if interactive else EpochLines(),
+        ProgressBar() if interactive else EpochLines(),
     ]
     passthrough = {k: v for k, v in to_container(cfg.trainer).items() if v is not None}
     trainer = pl.Trainer(
