@@ -148,11 +148,19 @@ def _interleave(reps: int, baseline: Callable[[], float], candidate: Callable[[]
     return statistics.median(base), statistics.median(cand)
 
 
+class _Terminal(io.StringIO):
+    """A swallowed stdout that says it is a terminal, as a user's shell is."""
+
+    def isatty(self) -> bool:
+        return True
+
+
 @contextlib.contextmanager
-def _quiet():
+def _quiet(terminal: bool = False):
     """Swallow stdout (trainwise's epoch lines and run summary). stdout is then not a TTY, so trainwise uses its
-    plain EpochLines callback rather than the RichProgressBar, whatever terminal `make bench` runs in."""
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    plain EpochLines callback, whatever terminal `make bench` runs in; terminal=True: trainwise sees a terminal
+    and draws its progress bar, as for a user at a shell."""
+    with contextlib.redirect_stdout(_Terminal() if terminal else io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
 
@@ -315,14 +323,17 @@ def _timed_recipe(count_calls: bool = False):
         train._build_trainer = original
 
 
-def trainwise_recipe(tmp: Path, name: str, *overrides: str, count_calls: bool = False) -> dict[str, float]:
+def trainwise_recipe(
+    tmp: Path, name: str, *overrides: str, count_calls: bool = False, terminal: bool = False
+) -> dict[str, float]:
     """One `trainwise train <overrides>` run in-process, exactly as the Hydra task runs it (tracking into a
     temporary SQLite store, checkpoints, test, artifacts). The recipe is the thing users run, so the framework
-    figure goes through it; only the epoch timer callback is added to its Trainer."""
+    figure goes through it; only the epoch timer callback is added to its Trainer. terminal=True: stdout is a
+    terminal, so the run draws its progress bar (in the other runs it prints a line per epoch)."""
     from trainwise.train import JobContext, run
 
     cfg = compose(f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}", *overrides)
-    with _quiet(), _timed_recipe(count_calls) as timers:
+    with _quiet(terminal), _timed_recipe(count_calls) as timers:
         run(cfg, JobContext(job_dir=tmp / name, overrides=list(overrides)))
     return timers[-1].figures()
 
@@ -427,13 +438,14 @@ def framework_overhead(
 ):
     """trainwise (the real recipe, tracking on, defaults as shipped) vs the hand loop: small_cnn on digits.
     Also the same step in a bare Lightning Trainer, which splits the ratio into what Lightning's loop costs
-    (`lightning_floor`) and what trainwise adds on top of it (`over_lightning`)."""
+    (`lightning_floor`) and what trainwise adds on top of it (`over_lightning`); and the recipe with stdout a
+    terminal (`terminal`: the progress bar a user at a shell sees instead of the epoch lines of logs and CI)."""
     if quick:
         overrides += ("trainer.max_epochs=4", "min_train_steps=0")
     cfg = compose(*overrides)
     counter = iter(range(1000))
     epochs_used = []
-    runs: dict[str, list[dict[str, float]]] = {"hand": [], "lightning": [], "trainwise": []}
+    runs: dict[str, list[dict[str, float]]] = {"hand": [], "lightning": [], "trainwise": [], "terminal": []}
 
     def hand(count_calls: bool = False):
         net, datamodule = _net_and_data(cfg)
@@ -449,8 +461,11 @@ def framework_overhead(
     def trainwise(count_calls: bool = False):
         return trainwise_recipe(tmp, f"job{next(counter)}", *overrides, count_calls=count_calls)
 
-    variants = (("hand", hand), ("lightning", lightning), ("trainwise", trainwise))
-    for _ in range(reps):  # interleaved: hand 1, lightning 1, trainwise 1, hand 2, ...
+    def terminal(count_calls: bool = False):
+        return trainwise_recipe(tmp, f"job{next(counter)}", *overrides, count_calls=count_calls, terminal=True)
+
+    variants = (("hand", hand), ("lightning", lightning), ("trainwise", trainwise), ("terminal", terminal))
+    for _ in range(reps):  # interleaved: hand 1, lightning 1, trainwise 1, terminal 1, hand 2, ...
         for name, fit in variants:
             runs[name].append(fit())
     epoch = {name: statistics.median(r["epoch_s"] for r in done) for name, done in runs.items()}
@@ -460,9 +475,11 @@ def framework_overhead(
         "ratio": epoch["trainwise"] / epoch["hand"],
         "lightning_floor_ratio": epoch["lightning"] / epoch["hand"],
         "over_lightning_ratio": epoch["trainwise"] / epoch["lightning"],
+        "terminal_ratio": epoch["terminal"] / epoch["hand"],
         "hand_epoch_s": epoch["hand"],
         "lightning_epoch_s": epoch["lightning"],
         "trainwise_epoch_s": epoch["trainwise"],
+        "terminal_epoch_s": epoch["terminal"],
         "hand_window_s": statistics.median(r["window_s"] for r in runs["hand"]),
         "trainwise_window_s": statistics.median(r["window_s"] for r in runs["trainwise"]),
         "epochs": epochs_used[0],
@@ -758,7 +775,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{fw['lightning_floor_ratio']:.2f} (the same step in a bare Trainer / the hand loop) x trainwise on top "
             f"{fw['over_lightning_ratio']:.2f} (trainwise / the bare Trainer); Python calls per epoch: hand loop "
             f"{fw['hand_python_calls_per_epoch']:,.0f}, bare Trainer {fw['lightning_python_calls_per_epoch']:,.0f}, "
-            f"trainwise {fw['trainwise_python_calls_per_epoch']:,.0f}"
+            f"trainwise {fw['trainwise_python_calls_per_epoch']:,.0f}; in a terminal (progress bar) "
+            f"{fw['terminal_ratio']:.2f} x the hand loop, {fw['terminal_python_calls_per_epoch']:,.0f} calls per epoch"
         )
 
         tr = step("tracking_overhead", lambda: tracking_overhead(tmp, reps, args.quick))
