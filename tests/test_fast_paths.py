@@ -254,3 +254,78 @@ def test_terminal_progress_bar_reaches_the_last_batch_and_shows_epoch_metrics(tm
         trainer.fit(Tiny(), DataLoader(data, batch_size=4), DataLoader(data, batch_size=14))
     last_line = screen.getvalue().rsplit("\r", 1)[-1]
     assert "Epoch 1/1" in last_line and "7/7" in last_line and "val/acc: 0.250" in last_line
+
+
+# ---------------------------------------------------------------- best weights held in memory
+
+
+class _ScriptedAccuracy(pl.LightningModule):
+    """Logs a given val/acc per epoch; can fail at a given epoch's first training step."""
+
+    def __init__(self, accuracies: list[float], fail_at_epoch: int | None = None):
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 2)
+        self.accuracies, self.fail_at_epoch = accuracies, fail_at_epoch
+
+    def training_step(self, batch, batch_idx):
+        if self.current_epoch == self.fail_at_epoch:
+            raise FloatingPointError("diverged")
+        return torch.nn.functional.cross_entropy(self.layer(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/acc", self.accuracies[self.current_epoch])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+def _fit_with_checkpoints(tmp_path, module, every_s: float, watch=None) -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from trainwise.callbacks import BestCheckpoint, LastCheckpoint
+
+    best = BestCheckpoint(tmp_path)
+    callbacks = [best, LastCheckpoint(tmp_path, every_s, best=best), *([watch] if watch else [])]
+    data = TensorDataset(torch.randn(16, 4, generator=torch.Generator().manual_seed(0)), torch.arange(16) % 2)
+    trainer = _trainer(tmp_path, max_epochs=len(module.accuracies), enable_checkpointing=True, callbacks=callbacks)
+    trainer.fit(module, DataLoader(data, batch_size=8), DataLoader(data, batch_size=16))
+
+
+def _saved(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_best_checkpoint_holds_the_best_epochs_weights_and_is_on_disk_with_every_last_checkpoint(tmp_path):
+    """best.ckpt is written late (the weights wait in memory) but holds the best epoch's weights, not later
+    ones; and whenever last.ckpt is on disk, the best.ckpt on disk is the one it names, with the score it records
+    (what a resume after a crash at that moment reads)."""
+
+    # A Checkpoint subclass, so that Lightning runs it after the two checkpoints (it moves those last, in order):
+    # at each epoch end it sees what a crash right then would leave on disk.
+    class Watch(pl.callbacks.Checkpoint):
+        def __init__(self):
+            self.weights, self.on_disk = [], []
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.weights.append({k: v.clone() for k, v in pl_module.state_dict().items()})
+            last = _saved(tmp_path / "last.ckpt")
+            best_state = next(v for k, v in last["callbacks"].items() if "val/acc" in k)
+            score = round(float(best_state["best_model_score"]), 4)
+            self.on_disk.append((_saved(tmp_path / "best.ckpt")["epoch"], score))
+
+    watch = Watch()
+    # every_s=3600: last.ckpt is written after the first epoch and the last one only
+    _fit_with_checkpoints(tmp_path, _ScriptedAccuracy([0.2, 0.9, 0.5, 0.4]), every_s=3600, watch=watch)
+    best = _saved(tmp_path / "best.ckpt")
+    assert best["epoch"] == 1
+    for name, value in watch.weights[1].items():
+        assert torch.equal(best["state_dict"][name], value)
+    assert not torch.equal(best["state_dict"]["layer.weight"], watch.weights[-1]["layer.weight"])
+    assert watch.on_disk == [(0, 0.2), (0, 0.2), (0, 0.2), (1, 0.9)]
+
+
+def test_best_checkpoint_is_written_when_training_fails(tmp_path):
+    """Weights held in memory reach best.ckpt even when training then fails (last.ckpt not due)."""
+    with pytest.raises(FloatingPointError):
+        _fit_with_checkpoints(tmp_path, _ScriptedAccuracy([0.3, 0.6, 0.1], fail_at_epoch=2), every_s=3600)
+    assert _saved(tmp_path / "best.ckpt")["epoch"] == 1

@@ -6,6 +6,8 @@ import functools
 import time
 
 import pytorch_lightning as pl
+import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 
 
@@ -24,6 +26,54 @@ class EpochCheckpoint(ModelCheckpoint):
         pass
 
 
+class BestCheckpoint(EpochCheckpoint):
+    """`best.ckpt`: the weights (only) of the epoch with the highest val/acc, what testing and a later fine-tune
+    load. Lightning's ModelCheckpoint writes the file at every improvement; with short epochs that write cost more
+    than the training (head-only fine-tuning of resnet18 on cached features on 2 CPU cores: ~0.17 s to pickle and
+    write 45 MB of mostly frozen weights, against ~0.04 s of training per epoch). Here an improvement copies the
+    weights to host memory, and the file is written when something needs it: before each `last.ckpt` (whose resume
+    state names best.ckpt and its score), when training ends or stops, and when it fails."""
+
+    def __init__(self, dirpath):
+        super().__init__(
+            dirpath=dirpath,
+            filename="best",
+            monitor="val/acc",
+            mode="max",
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+            save_weights_only=True,
+        )
+        self._held: tuple[str, dict] | None = None  # (path, checkpoint) not written yet
+
+    def _save_checkpoint(self, trainer, filepath):
+        # Lightning's version: trainer.save_checkpoint(), i.e. dump_checkpoint() + write + barrier. Every rank
+        # dumps (a sharded strategy gathers the weights collectively); only rank 0 will write.
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=True)
+        self._held = (filepath, apply_to_collection(checkpoint, torch.Tensor, _host_copy))
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+
+    def write_held(self, trainer, wait_for_ranks: bool = True) -> None:
+        if self._held is None:
+            return
+        filepath, checkpoint = self._held
+        self._held = None
+        trainer.strategy.save_checkpoint(checkpoint, filepath)
+        if wait_for_ranks:  # the others may read the file next (trainer.test(ckpt_path="best"))
+            trainer.strategy.barrier("best.ckpt")
+
+    def on_train_end(self, trainer, pl_module):
+        self.write_held(trainer)
+
+    def on_exception(self, trainer, pl_module, exception):
+        self.write_held(trainer, wait_for_ranks=False)  # a failing rank may be alone here
+
+
+def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu", copy=True)
+
+
 class LastCheckpoint(EpochCheckpoint):
     """`last.ckpt`, the full training state that `resume` continues from, written at the end of an epoch: the
     first one, then once `every_s` seconds have passed since the previous write, and always at the last epoch or
@@ -31,15 +81,17 @@ class LastCheckpoint(EpochCheckpoint):
     cannot resume exactly; saving every epoch cost short epochs more than the training itself (2 CPU cores).
     A hard crash loses at most `every_s` seconds of training."""
 
-    def __init__(self, dirpath, every_s: float):
+    def __init__(self, dirpath, every_s: float, best: BestCheckpoint):
         super().__init__(dirpath=dirpath, filename="last", enable_version_counter=False, save_on_train_epoch_end=True)
         self.every_s = every_s
+        self.best = best  # runs earlier in the same hook (an earlier callback), so holds this epoch's improvement
         self._saved_at: float | None = None
 
     def on_train_epoch_end(self, trainer, pl_module):
         final = trainer.should_stop or trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
         due = self._saved_at is None or time.monotonic() - self._saved_at >= self.every_s
         if final or due:
+            self.best.write_held(trainer)  # a resume from this last.ckpt finds the best.ckpt it names
             super().on_train_epoch_end(trainer, pl_module)
             self._saved_at = time.monotonic()
 

@@ -381,7 +381,7 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
     import pytorch_lightning as pl
 
     from trainwise import distributed
-    from trainwise.callbacks import EpochCheckpoint, EpochLines, GracefulStop, LastCheckpoint, ProgressBar
+    from trainwise.callbacks import BestCheckpoint, EpochLines, GracefulStop, LastCheckpoint, ProgressBar
     from trainwise.tracking.run import RunLogger
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -395,19 +395,10 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
 
     accel = cfg.accelerator
     accelerator.skip_nvml_without_driver()
-    # best.ckpt: weights only (what testing and a later fine-tune need), written each time val/acc improves.
-    checkpoint = EpochCheckpoint(
-        dirpath=job_dir / "checkpoints",
-        filename="best",
-        monitor="val/acc",
-        mode="max",
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-        save_weights_only=True,
-    )
-    # last.ckpt: the full state resume continues from (not save_last=True: since Lightning 2.5 that writes only in
-    # epochs where `best` improved).
-    last = LastCheckpoint(job_dir / "checkpoints", every_s=float(cfg.get("last_checkpoint_every_s", 0)))
+    # best.ckpt: the weights of the best epoch by val/acc; last.ckpt: the full state resume continues from (not
+    # save_last=True: since Lightning 2.5 that writes only in epochs where `best` improved).
+    checkpoint = BestCheckpoint(job_dir / "checkpoints")
+    last = LastCheckpoint(job_dir / "checkpoints", float(cfg.get("last_checkpoint_every_s", 0)), best=checkpoint)
     stop = GracefulStop()
     interactive = sys.stdout.isatty()
     callbacks = [
