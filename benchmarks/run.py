@@ -222,13 +222,27 @@ def hand_loop(
         return _hand_loop(net, optimizer_cfg, datamodule, epochs, device, bf16, resident, count_calls)
 
 
-def _hand_loop(net, optimizer_cfg, datamodule, epochs, device, bf16, resident, count_calls):
+def fabric_loop(net, optimizer_cfg, datamodule, epochs: int, count_calls: bool = False) -> dict[str, float]:
+    """The hand loop (CPU) with its model and optimizer set up by Lightning Fabric and its backward through
+    `fabric.backward`: what Lightning's lighter loop API costs, a reference for running trainwise's loop on it."""
+    from lightning_fabric import Fabric
+
+    fabric = Fabric(accelerator="cpu", devices=1, precision="32-true")
+    with _plain_pytorch_env():
+        return _hand_loop(net, optimizer_cfg, datamodule, epochs, "cpu", False, False, count_calls, fabric)
+
+
+def _hand_loop(net, optimizer_cfg, datamodule, epochs, device, bf16, resident, count_calls, fabric=None):
     import torch
     import torch.nn.functional as F
     from hydra.utils import instantiate
 
     net.to(device)
     optimizer = instantiate(optimizer_cfg)([p for p in net.parameters() if p.requires_grad])
+    backward = torch.Tensor.backward
+    if fabric is not None:
+        net, optimizer = fabric.setup(net, optimizer)
+        backward = fabric.backward
     images, labels = datamodule.data.images, datamodule.data.labels
     to = device if resident else "cpu"
     train_x, train_y = images[datamodule.train_idx].to(to), labels[datamodule.train_idx].to(to)
@@ -252,7 +266,7 @@ def _hand_loop(net, optimizer_cfg, datamodule, epochs, device, bf16, resident, c
                 logits = net(x)
                 loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            backward(loss)
             optimizer.step()
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
@@ -439,12 +453,13 @@ def framework_overhead(
     quick: bool,
     overrides: tuple[str, ...] = ("model=small_cnn", "dataset=digits"),
     device="cpu",
-    terminal_too: bool = True,
+    references: bool = True,
 ):
     """trainwise (the real recipe, tracking on, defaults as shipped) vs the hand loop: small_cnn on digits.
     Also the same step in a bare Lightning Trainer, which splits the ratio into what Lightning's loop costs
-    (`lightning_floor`) and what trainwise adds on top of it (`over_lightning`); and the recipe with stdout a
-    terminal (`terminal`: the progress bar a user at a shell sees instead of the epoch lines of logs and CI)."""
+    (`lightning_floor`) and what trainwise adds on top of it (`over_lightning`). references=True adds two more:
+    the recipe with stdout a terminal (`terminal`: the progress bar a user at a shell sees instead of the epoch
+    lines of logs and CI), and the hand loop through Lightning Fabric (`fabric_floor`, CPU only)."""
     if quick:
         overrides += ("trainer.max_epochs=4", "min_train_steps=0")
     cfg = compose(*overrides)
@@ -468,11 +483,15 @@ def framework_overhead(
     def terminal(count_calls: bool = False):
         return trainwise_recipe(tmp, f"job{next(counter)}", *overrides, count_calls=count_calls, terminal=True)
 
+    def fabric(count_calls: bool = False):
+        net, datamodule = _net_and_data(cfg)
+        return fabric_loop(net, cfg.optimizer, datamodule, _max_epochs(cfg, datamodule), count_calls)
+
     variants = {"hand": hand, "lightning": lightning, "trainwise": trainwise}
-    if terminal_too:
-        variants["terminal"] = terminal
+    if references:
+        variants |= {"terminal": terminal, "fabric": fabric}
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
-    for _ in range(reps):  # interleaved: hand 1, lightning 1, trainwise 1, terminal 1, hand 2, ...
+    for _ in range(reps):  # interleaved: hand 1, lightning 1, trainwise 1, ..., hand 2, ...
         for name, fit in variants.items():
             runs[name].append(fit())
     epoch = {name: statistics.median(r["epoch_s"] for r in done) for name, done in runs.items()}
@@ -481,8 +500,9 @@ def framework_overhead(
         "lightning_floor_ratio": epoch["lightning"] / epoch["hand"],
         "over_lightning_ratio": epoch["trainwise"] / epoch["lightning"],
     }
-    if terminal_too:
+    if references:
         figures["terminal_ratio"] = epoch["terminal"] / epoch["hand"]
+        figures["fabric_floor_ratio"] = epoch["fabric"] / epoch["hand"]
     figures |= {f"{name}_epoch_s": seconds for name, seconds in epoch.items()}
     for name in ("hand", "trainwise"):
         figures[f"{name}_window_s"] = statistics.median(r["window_s"] for r in runs[name])
@@ -693,7 +713,7 @@ def gpu_figures(tmp: Path, reps: int, quick: bool) -> dict[str, float]:
     overrides += ("trainer.max_epochs=5", "min_train_steps=0")  # 62,000 images an epoch: 5 epochs are plenty
     if quick:
         overrides += ("dataset.num_per_class=100",)
-    framework = framework_overhead(tmp, reps, quick, overrides, device="cuda", terminal_too=False)  # device time
+    framework = framework_overhead(tmp, reps, quick, overrides, device="cuda", references=False)  # device time
     out.update({f"gpu_resnet18_bf16_{k}": v for k, v in framework.items()})
     out["gpu_framework_overhead_ratio"] = framework["ratio"]
     cached = cached_features(tmp, reps, quick, model="resnet50", input_shape=(3, 224))
@@ -781,7 +801,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{fw['over_lightning_ratio']:.2f} (trainwise / the bare Trainer); Python calls per epoch: hand loop "
             f"{fw['hand_python_calls_per_epoch']:,.0f}, bare Trainer {fw['lightning_python_calls_per_epoch']:,.0f}, "
             f"trainwise {fw['trainwise_python_calls_per_epoch']:,.0f}; in a terminal (progress bar) "
-            f"{fw['terminal_ratio']:.2f} x the hand loop, {fw['terminal_python_calls_per_epoch']:,.0f} calls per epoch"
+            f"{fw['terminal_ratio']:.2f} x the hand loop, {fw['terminal_python_calls_per_epoch']:,.0f} calls per "
+            f"epoch; the hand loop through Lightning Fabric {fw['fabric_floor_ratio']:.2f} x, "
+            f"{fw['fabric_python_calls_per_epoch']:,.0f} calls per epoch"
         )
 
         tr = step("tracking_overhead", lambda: tracking_overhead(tmp, reps, args.quick))
