@@ -125,3 +125,21 @@ def test_a_bad_pretrained_path_fails_before_any_run_exists(tmp_path, store_uri):
     with pytest.raises(UserError, match="no such file"):
         run_job(tmp_path, store_uri, "strategy=finetune", f"strategy.pretrained={tmp_path / 'missing.ckpt'}")
     assert mlflow_client(store_uri).search_runs(["0"]) == []  # nothing FINISHED, nothing RUNNING
+
+
+def test_a_terminal_run_shows_each_epochs_loss_and_accuracy_on_the_progress_bar(tmp_path, store_uri):
+    """At a terminal there are no epoch lines (the bar replaces them), so the bar carries the epoch's metrics."""
+    import contextlib
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    with contextlib.redirect_stdout(screen):
+        run_job(tmp_path, store_uri, "trainer.max_epochs=2")
+    bar = screen.getvalue()
+    assert "epoch 1/2" not in bar  # the plain epoch lines are for logs and CI
+    for metric in ("train/loss", "train/acc", "val/loss", "val/acc"):
+        assert f"{metric}: " in bar

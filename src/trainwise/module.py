@@ -90,7 +90,8 @@ class ClassificationModule(pl.LightningModule):
                 values[name] = metric.compute()
                 metric.reset()
         for name, value in values.items():
-            self.log(f"{stage}/{name}", value)
+            # prog_bar: in a terminal the bar shows the last epoch's loss and accuracy (it has no other epoch lines)
+            self.log(f"{stage}/{name}", value, prog_bar=name in ("loss", "acc"))
 
     def training_step(self, batch, batch_idx):
         loss = self._step(batch, "train")
