@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -47,6 +48,13 @@ def mlflow_client(uri: str):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
+
+
+class Terminal(io.StringIO):
+    """A captured stdout that says it is a terminal, as a user's shell is (trainwise then draws its progress bar)."""
+
+    def isatty(self) -> bool:
+        return True
 
 
 def run_job(tmp_path: Path, store_uri: str, *overrides: str):

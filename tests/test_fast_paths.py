@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from scipy.stats import chi2_contingency
 
-from conftest import compose_config
+from conftest import Terminal, compose_config
 from trainwise.data import build_datamodule
 from trainwise.data.augment import apply_crop_flip, crop_flip, crop_flip_params, per_sample_transform
 from trainwise.errors import UserError
@@ -223,15 +223,10 @@ def test_terminal_progress_bar_reaches_the_last_batch_and_shows_epoch_metrics(tm
     """trainwise's lighter progress bar (10 redraws a second, no metric re-reads per batch) still moves to the
     last batch of every epoch and shows the epoch's logged values, in a terminal."""
     import contextlib
-    import io
 
     from torch.utils.data import DataLoader, TensorDataset
 
     from trainwise.callbacks import ProgressBar
-
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
 
     class Tiny(pl.LightningModule):
         def __init__(self):

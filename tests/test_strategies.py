@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import compose_config, mlflow_client, run_job
+from conftest import Terminal, compose_config, mlflow_client, run_job
 from trainwise.strategies import foundation_hash
 
 EPOCH_METRICS = {"train/loss", "val/loss", "val/acc"}
@@ -130,11 +130,6 @@ def test_a_bad_pretrained_path_fails_before_any_run_exists(tmp_path, store_uri):
 def test_a_terminal_run_shows_each_epochs_loss_and_accuracy_on_the_progress_bar(tmp_path, store_uri):
     """At a terminal there are no epoch lines (the bar replaces them), so the bar carries the epoch's metrics."""
     import contextlib
-    import io
-
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
 
     screen = Terminal()
     with contextlib.redirect_stdout(screen):
