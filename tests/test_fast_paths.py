@@ -250,6 +250,14 @@ def test_terminal_progress_bar_reaches_the_last_batch_and_shows_epoch_metrics(tm
     last_line = screen.getvalue().rsplit("\r", 1)[-1]
     assert "Epoch 1/1" in last_line and "7/7" in last_line and "val/acc: 0.250" in last_line
 
+    # Lightning disables the bar on every DDP rank but 0 (in its setup); such a rank trains on, without a bar.
+    quiet_rank_bar = ProgressBar()
+    quiet_rank_bar.disable()
+    with contextlib.redirect_stdout(Terminal()):
+        trainer = _trainer(tmp_path, max_epochs=1, enable_progress_bar=True, callbacks=[quiet_rank_bar])
+        trainer.fit(Tiny(), DataLoader(data, batch_size=4), DataLoader(data, batch_size=14))
+    assert trainer.global_step == 7
+
 
 # ---------------------------------------------------------------- best weights held in memory
 

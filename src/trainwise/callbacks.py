@@ -203,6 +203,8 @@ class ProgressBar(RichProgressBar):
         super().__init__(refresh_rate=10)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.is_disabled:  # every DDP rank but 0 (Lightning disables the bar there)
+            return
         if self.train_progress_bar_id is None:  # resumed mid-epoch, as Lightning's version handles
             self._initialize_train_progress_bar_id()
         self._update(self.train_progress_bar_id, batch_idx + 1)
