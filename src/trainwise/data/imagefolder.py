@@ -10,7 +10,9 @@ Two layouts under `dataset.root`:
 
 Every image is decoded once with PIL (any size; modes L, RGB, RGBA, P, ...; EXIF rotation applied), converted to
 `dataset.channels` (1 or 3) and resized to a `dataset.image_size` square, so the whole set sits in memory as one
-tensor. Files without an image extension (any case: .jpg, .JPG, .png, ...) are skipped, as are hidden entries.
+tensor. 16-bit and float images (PIL modes I;16, I, F: microscopy, medical, satellite data) keep their depth; how
+they map to [0, 1] is in `_high_depth`. Files without an image extension (any case: .jpg, .JPG, .png, ...) are
+skipped, as are hidden entries.
 """
 
 from __future__ import annotations
@@ -113,19 +115,45 @@ def list_images(root: Path) -> tuple[list[Path], list[int], list[str], list[str]
     return paths, labels, split_of, class_names
 
 
+def _high_depth(img) -> np.ndarray | None:
+    """A 16-bit or 32-bit single-channel image (PIL modes I;16*, I, F) as float32 in [0, 1], else None.
+
+    PIL's convert() to L or RGB clips these modes to 0-255 (a 16-bit image comes out nearly white, a float one
+    black). Integer images are scaled by the 16-bit range (0-65535 -> 0-1), the same for every image of the set;
+    float images whose values lie in [0, 1] are kept; anything else (negative or larger integers, floats in
+    other units) is scaled by the image's own min and max.
+    """
+    if not (img.mode.startswith("I") or img.mode == "F"):
+        return None
+    values = np.nan_to_num(np.asarray(img, dtype=np.float32))
+    low, high = float(values.min(initial=0.0)), float(values.max(initial=0.0))
+    if img.mode.startswith("I;16") or (img.mode == "I" and low >= 0 and high <= 65535):
+        return values / 65535.0
+    if img.mode == "F" and low >= 0 and high <= 1:
+        return values
+    return (values - low) / (high - low) if high > low else np.clip(values, 0.0, 1.0)
+
+
 def decode_image(path: Path, channels: int, size: int) -> np.ndarray:
-    """One image as uint8 (size, size, channels)."""
+    """One image as (size, size, channels): uint8 (0-255), or float32 in [0, 1] for 16-bit and float images."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
             img.draft("L" if channels == 1 else "RGB", (size, size))  # JPEG: decode at a reduced scale, fast
             img = ImageOps.exif_transpose(img)
-            if img.mode == "P" and "transparency" in img.info:
-                img = img.convert("RGBA")  # what PIL asks for before dropping a palette's transparency
-            img = img.convert("L" if channels == 1 else "RGB")
+            deep = _high_depth(img)
+            if deep is not None:
+                img = Image.fromarray(deep)  # a float ("F") image: resized without losing depth
+            else:
+                if img.mode == "P" and "transparency" in img.info:
+                    img = img.convert("RGBA")  # what PIL asks for before dropping a palette's transparency
+                img = img.convert("L" if channels == 1 else "RGB")
             if img.size != (size, size):
                 img = img.resize((size, size), Image.Resampling.BILINEAR)  # PIL antialiases when shrinking
+            if deep is not None:
+                grey = np.asarray(img, dtype=np.float32).clip(0.0, 1.0)[:, :, None]
+                return np.repeat(grey, channels, axis=2)
             return np.asarray(img, dtype=np.uint8).reshape(size, size, channels)
     except (UnidentifiedImageError, OSError) as error:
         raise UserError(f"dataset.root: cannot read image {path} ({error}); fix or remove the file") from error
@@ -138,9 +166,14 @@ def load_imagefolder(cfg) -> ImageTensors:
         raise UserError(f"dataset.channels={channels} must be 1 (grayscale) or 3 (RGB)")
     paths, labels, split_of, class_names = list_images(root)
     # PIL releases the GIL while it decodes and resizes, so threads use every core.
+    images = torch.empty((len(paths), channels, size, size), dtype=torch.float32)
+
+    def decode_into(i: int) -> None:
+        decoded = torch.from_numpy(decode_image(paths[i], channels, size)).permute(2, 0, 1)
+        images[i] = decoded / 255.0 if decoded.dtype == torch.uint8 else decoded
+
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        decoded = list(pool.map(lambda p: decode_image(p, channels, size), paths))
-    images = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+        list(pool.map(decode_into, range(len(paths))))
     split = np.array(split_of)
     test_mask = torch.from_numpy(split == "test") if "test" in split_of else None
     val_mask = torch.from_numpy(split == "val") if "val" in split_of else None
