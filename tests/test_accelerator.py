@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
+import time
 
 import pytest
 import torch
 
 from conftest import compose_config, run_job
-from trainwise.accelerator import NVML_CHECK
+from trainwise.accelerator import NVML_CHECK, PeakMemory
 from trainwise.config import validate
 from trainwise.errors import UserError
 from trainwise.train import _build_trainer
@@ -76,3 +78,18 @@ def test_cpu_training_stops_looking_for_nvml_at_every_optimizer_step(tmp_path, m
     step()
     assert loads == []
     assert torch.cuda.is_available() is False  # the same answer without the variable
+
+
+def test_peak_memory_is_each_blocks_own_not_the_processs_lifetime_peak():
+    """An in-process sweep trains the foundation first: a later run must not report the foundation's peak."""
+    big_mb = 300
+    with PeakMemory(compose_config("accelerator=cpu").accelerator) as first:
+        big = torch.ones(big_mb * 2**20 // 4)  # written, so resident
+        time.sleep(0.3)  # several samples while it is held
+        del big  # freed inside the block: only the sampling thread saw it
+    with PeakMemory(compose_config("accelerator=cpu").accelerator) as second:
+        torch.ones(1000).sum()
+    assert first.mb > second.mb + 0.8 * big_mb
+    # What cost/peak_memory_mb used to be (ru_maxrss, the lifetime peak) says the second block held it too.
+    lifetime_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert lifetime_mb > second.mb + 0.8 * big_mb
