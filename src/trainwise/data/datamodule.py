@@ -73,6 +73,17 @@ def labelled_subset(indices: np.ndarray, labels: np.ndarray, fraction: float, se
     return np.sort(np.concatenate(chosen))
 
 
+def _hash_in_place(hasher, array: np.ndarray) -> None:
+    """Feed `array`'s bytes in C order to `hasher` (as `array.tobytes()` would) without copying the whole array."""
+    if array.flags.c_contiguous:
+        hasher.update(array.reshape(-1).view(np.uint8))  # a view of the same memory
+    elif array.ndim > 1:
+        for part in array:  # strided: one sub-array at a time
+            _hash_in_place(hasher, part)
+    else:
+        hasher.update(array.tobytes())
+
+
 def _mask(mask: torch.Tensor | None, n: int) -> np.ndarray | None:
     if mask is None:
         return None
@@ -127,8 +138,9 @@ class TensorDataModule(pl.LightningDataModule):
         """A short content hash of the images and labels (what a run trained and was tested on)."""
         import hashlib
 
-        hasher = hashlib.sha256(self.data.images.numpy().tobytes())
-        hasher.update(self.data.labels.numpy().tobytes())
+        hasher = hashlib.sha256()
+        for tensor in (self.data.images, self.data.labels):
+            _hash_in_place(hasher, tensor.numpy())
         return hasher.hexdigest()[:16]
 
     def class_counts(self) -> dict[str, dict[str, int]]:
