@@ -98,3 +98,37 @@ def test_unknown_sweep_or_experiment_is_a_clear_error(store_uri):
         build_report(store, sweep_run_id="0" * 32)
     with pytest.raises(UserError, match="no such experiment"):
         build_report(store, experiment="nope")
+
+
+def test_best_run_is_chosen_on_the_target_data_not_the_foundations(store_uri, tmp_path):
+    """A foundation's val/acc_best is measured on the source data: another dataset, not comparable."""
+    client = mlflow_client(store_uri)
+    experiment_id = client.create_experiment("easy-source")
+    parent = client.create_run(experiment_id, tags={"trainwise.role": "sweep"}).info.run_id
+    full = _job(client, experiment_id, parent, "full", 0, 0.99, 40.0)  # an easy source dataset
+    tuned = _job(client, experiment_id, parent, "finetune", 0, 0.90, 5.0, foundation=full)
+    _job(client, experiment_id, parent, "scratch", 0, 0.85, 10.0)
+    report = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path)
+    assert report.best_run().run_id == tuned
+
+
+def test_a_missing_foundation_cost_makes_the_total_unknown_not_smaller(store_uri, tmp_path):
+    client = mlflow_client(store_uri)
+    experiment_id = client.create_experiment("missing-foundation")
+    parent = client.create_run(experiment_id, tags={"trainwise.role": "sweep"}).info.run_id
+    full = _job(client, experiment_id, parent, "full", 0, 0.8, 40.0)
+    _job(client, experiment_id, parent, "finetune", 0, 0.96, 5.0, foundation=full)
+    _job(client, experiment_id, parent, "finetune", 1, 0.97, 5.0, foundation=str(tmp_path / "foundation.ckpt"))
+    elsewhere = client.create_run(client.create_experiment("elsewhere")).info.run_id  # a run that logged no cost
+    _job(client, experiment_id, parent, "linear_probe", 0, 0.9, 2.0, foundation=elsewhere)
+    _job(client, experiment_id, parent, "scratch", 0, 0.9, 10.0)
+    report = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path)
+    rows = {cells[0]: cells for cells in report.cells}
+    assert rows["finetune"][10] == "? (? + 5.0)"  # one seed's foundation is a file: not "45.0 (40.0 + 5.0)"
+    assert rows["linear_probe"][10] == "? (? + 2.0)"  # not "2.0", which reads as a run without pretraining
+    assert rows["scratch"][10] == "10.0"
+    summary = " ".join(report.summary)
+    assert "2 run(s) started from weights whose training time is not in this store" in summary
+    assert "per second of training, pretraining included: scratch" in summary  # the unknown totals are not ranked
+    assert "report.md" in {p.name for p in report.files}
+    assert "? (? + 5.0)" in (tmp_path / "report.md").read_text()

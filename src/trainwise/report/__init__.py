@@ -30,7 +30,8 @@ class Report:
         return [r for r in self.records if r.failed]
 
     def best_run(self) -> RunRecord | None:
-        done = [r for r in self.records if not r.failed and "val/acc_best" in r.metrics]
+        """The finished target-data run with the best validation accuracy (a foundation's is on the source data)."""
+        done = [r for r in self.records if not r.failed and r.on_target and "val/acc_best" in r.metrics]
         return max(done, key=lambda r: r.metrics["val/acc_best"]) if done else None
 
     def print(self) -> None:

@@ -26,6 +26,17 @@ class RunRecord:
     def failed(self) -> bool:
         return self.status != "FINISHED"
 
+    @property
+    def on_target(self) -> bool:
+        """Trained on the target data; a `full` run (a foundation) trains and validates on the source data."""
+        return self.params.get("strategy.data") != "source" and "trainwise.foundation_hash" not in self.tags
+
+    @property
+    def pretraining_unknown(self) -> bool:
+        """Started from a foundation whose fit time this store does not hold (a file, timm's weights, a run of
+        another store or deleted, a run that logged no cost): its total cost is unknown, not just its fit."""
+        return bool(self.tags.get("trainwise.foundation_run")) and self.foundation_seconds is None
+
 
 def _record(client, run, with_history: bool) -> RunRecord:
     record = RunRecord(

@@ -40,9 +40,14 @@ class Row:
         return int(float(self.runs[0].params.get("data.train_size", "0")))
 
     @property
+    def pretraining_unknown(self) -> bool:
+        return any(r.pretraining_unknown for r in self.runs)
+
+    @property
     def foundation_seconds(self) -> float | None:
+        """Mean fit time of the runs' foundations; None without a foundation or when one's is unknown."""
         values = [r.foundation_seconds for r in self.runs if r.foundation_seconds is not None]
-        return statistics.fmean(values) if values else None
+        return statistics.fmean(values) if values and not self.pretraining_unknown else None
 
 
 def group_rows(records: list[RunRecord]) -> list[Row]:
@@ -106,17 +111,23 @@ def table_cells(rows: list[Row]) -> list[list[str]]:
                 f"{row.mean('cost/peak_memory_mb') or 0:,.0f}",
                 _pm(row, "test/acc"),
                 _pm(row, "test/loss"),
-                f"{fit + foundation:.1f} ({foundation:.1f} + {fit:.1f})" if foundation is not None else f"{fit:.1f}",
+                _total(fit, foundation, row.pretraining_unknown),
                 str(len(row.runs)),
             ]
         )
     return cells
 
 
+def _total(fit: float, foundation: float | None, unknown: bool) -> str:
+    if unknown:  # not a smaller number that looks complete
+        return f"? (? + {fit:.1f})"
+    return f"{fit + foundation:.1f} ({foundation:.1f} + {fit:.1f})" if foundation is not None else f"{fit:.1f}"
+
+
 def summary_lines(rows: list[Row], records: list[RunRecord]) -> list[str]:
     """Facts read off the numbers: no advice."""
     lines: list[str] = []
-    target = [r for r in rows if r.key[0] != "full" and r.mean("test/acc") is not None]
+    target = [r for r in rows if r.runs[0].on_target and r.mean("test/acc") is not None]
     if target:
         best = max(target, key=lambda r: r.mean("test/acc"))
         lines.append(f"Best test accuracy on the target data: {best.label} ({_pm(best, 'test/acc')}).")
@@ -126,10 +137,19 @@ def summary_lines(rows: list[Row], records: list[RunRecord]) -> list[str]:
                 1e-9, (r.mean("cost/fit_seconds") or 0) + (r.foundation_seconds or 0)
             )
 
-        fastest = max(target, key=per_second)
+        costed = [r for r in target if not r.pretraining_unknown]
+        if costed:
+            fastest = max(costed, key=per_second)
+            lines.append(
+                f"Best test accuracy per second of training, pretraining included: {fastest.label} "
+                f"({per_second(fastest):.4f} accuracy/s)."
+            )
+    unknown = [r for r in records if r.pretraining_unknown and not r.failed]
+    if unknown:
+        sources = sorted({r.tags["trainwise.foundation_run"] for r in unknown})
         lines.append(
-            f"Best test accuracy per second of training, pretraining included: {fastest.label} "
-            f"({per_second(fastest):.4f} accuracy/s)."
+            f"{len(unknown)} run(s) started from weights whose training time is not in this store "
+            f"({', '.join(sources)}): their totals including pretraining are unknown (?)."
         )
     finetunes = [r for r in records if r.foundation_seconds is not None and not r.failed]
     if finetunes:
