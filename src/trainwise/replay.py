@@ -1,7 +1,9 @@
 """Rebuild a run's config from what MLflow logged, for `resume` and `reproduce`.
 
-A logged config may come from someone else's store: `_target_` values (classes Hydra would instantiate) must
-belong to the allowlist unless the user says they trust it.
+A logged config is data, not code: it may come from someone else's store, and Hydra instantiates every nested
+`_target_` under a node it is given (an optimizer's `weight_decay: {_target_: torch.hub.load, source: local}`
+would import and run any hubconf.py). So each `_target_`, at any depth, must be one of the exact callables
+trainwise's own configs name, unless the user says they trust the run's author.
 """
 
 from __future__ import annotations
@@ -13,7 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainwise.errors import UserError
 
-ALLOWED_TARGET_PREFIXES = ("trainwise.", "torch.", "timm.", "torchvision.", "lightning.", "pytorch_lightning.")
+# Every `_target_` in conf/ and experiments/ (tests/test_trust.py checks that this stays so). Exact names, not
+# namespaces: torch alone holds torch.hub.load and torch.utils.cpp_extension.load_inline.
+ALLOWED_TARGETS = frozenset(
+    {"torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD", "trainwise.sweep.SweepCallback"}
+)
 
 
 def find_run(store, run_id: str):
@@ -24,12 +30,12 @@ def find_run(store, run_id: str):
 
 
 def untrusted_targets(node, path: str = "") -> list[str]:
-    """Dotted keys whose `_target_` is outside the allowlist."""
+    """Dotted keys whose `_target_` is not an allowed callable (an interpolation is not one either)."""
     found = []
     if isinstance(node, dict):
-        target = node.get("_target_")
-        if isinstance(target, str) and not target.startswith(ALLOWED_TARGET_PREFIXES):
-            found.append(f"{path or '<root>'}._target_={target}")
+        target = node.get("_target_", "")
+        if "_target_" in node and not (isinstance(target, str) and target in ALLOWED_TARGETS):
+            found.append(f"{path or '<root>'}._target_={node['_target_']}")
         for key, value in node.items():
             found += untrusted_targets(value, f"{path}.{key}" if path else str(key))
     elif isinstance(node, list):
@@ -56,8 +62,8 @@ def logged_config(store, run_id: str, trust: bool) -> DictConfig:
     bad = untrusted_targets(OmegaConf.to_container(logged))
     if bad and not trust:
         raise UserError(
-            f"run {run_id}'s config would instantiate code outside trainwise/torch/timm/torchvision/lightning "
-            f"({', '.join(bad)}); if you trust its author, pass --trust (reproduce) or trust=true (resume)"
+            f"run {run_id}'s logged config would run code trainwise's configs never name ({', '.join(bad)}); "
+            "if you trust its author, pass --trust (reproduce) or trust=true (resume)"
         )
     defaults = _defaults()
     OmegaConf.set_struct(defaults, False)  # the logged strategy may carry keys today's default strategy lacks
