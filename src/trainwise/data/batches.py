@@ -10,12 +10,17 @@ met in a few epochs instead of hundreds (each epoch costs a validation and a che
 
 Under DDP (`world_size` ranks) each rank takes every world_size-th index of the same permutation, so the ranks
 see disjoint samples. Every rank must run the same number of steps, so a shuffled pass drops its last
-`size % world_size` samples (a different few each epoch); evaluation keeps them all (uneven is fine there).
+`size % world_size` samples (a different few each epoch); evaluation keeps them all (uneven is fine there). A split
+smaller than world_size (a rank with nothing) is a UserError.
 """
 
 from __future__ import annotations
 
 import torch
+
+from trainwise.errors import UserError
+
+FRACTION_OF = {"train": "dataset.train_fraction", "val": "dataset.val_fraction", "test": "dataset.test_fraction"}
 
 
 class EpochBatches:
@@ -31,7 +36,15 @@ class EpochBatches:
         min_batches: int = 1,
         rank: int = 0,
         world_size: int = 1,
+        split: str = "train",
     ):
+        if 0 < size < world_size:
+            # A rank without a sample would train nothing (or evaluate an empty batch) while the others wait for it.
+            raise UserError(
+                f"the {split} split has {size} image{'s' if size != 1 else ''}, fewer than the {world_size} DDP ranks "
+                f"(each rank needs at least one); run on fewer devices (accelerator.devices=...) or make the split "
+                f"larger (more images, or a larger {FRACTION_OF.get(split, split)})"
+            )
         self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
         self.rank, self.world_size = rank, world_size
         self.passes = max(1, -(-min_batches // self._batches_per_pass())) if shuffle else 1

@@ -50,12 +50,29 @@ class ImageTensors:
         return replace(self, images=images.clamp(0, 1))
 
 
-def _split(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified split of `indices` into (rest, part); unstratified when the part is smaller than the classes."""
+def _split(
+    indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int, split: str, class_names: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split of `indices` into (rest, part); unstratified when the part (or the rest) is smaller than the
+    number of classes. `split` ('test' or 'val') and the class names are for the errors users can cause."""
     if fraction <= 0:
         return indices, indices[:0]
     n_part = max(1, round(fraction * len(indices)))
-    stratify = labels[indices] if n_part >= len(np.unique(labels[indices])) else None
+    if n_part >= len(indices):
+        raise UserError(
+            f"dataset.{split}_fraction={fraction} takes all {len(indices)} remaining images for the {split} split and "
+            f"leaves none to train on; lower dataset.{split}_fraction or add images"
+        )
+    classes, counts = np.unique(labels[indices], return_counts=True)
+    stratified = min(n_part, len(indices) - n_part) >= len(classes)
+    if stratified and counts.min() < 2:
+        name = class_names[int(classes[counts.argmin()])]
+        raise UserError(
+            f"dataset: class {name!r} has only 1 image to draw the {split} split from (dataset.{split}_fraction="
+            f"{fraction}, stratified by class); add images to that class (at least 2, 3 when both val and test are "
+            f"drawn), or for an image folder put held-out images in a {split}/ folder beside train/"
+        )
+    stratify = labels[indices] if stratified else None
     rest, part = train_test_split(indices, test_size=n_part, random_state=seed, stratify=stratify)
     return np.sort(rest), np.sort(part)
 
@@ -116,11 +133,13 @@ class TensorDataModule(pl.LightningDataModule):
         test_mask, val_mask = _mask(data.test_mask, len(labels)), _mask(data.val_mask, len(labels))
         if test_mask is None:
             candidates = everything if val_mask is None else everything[~val_mask]
-            rest, self.test_idx = _split(candidates, labels, cfg.get("test_fraction", 0.0), cfg.split_seed)
+            rest, self.test_idx = _split(
+                candidates, labels, cfg.get("test_fraction", 0.0), cfg.split_seed, "test", data.class_names
+            )
         else:
             rest, self.test_idx = everything[~test_mask], everything[test_mask]
         if val_mask is None:
-            train_pool, self.val_idx = _split(rest, labels, cfg.val_fraction, cfg.split_seed)
+            train_pool, self.val_idx = _split(rest, labels, cfg.val_fraction, cfg.split_seed, "val", data.class_names)
         else:
             train_pool, self.val_idx = rest[~val_mask[rest]], everything[val_mask]
         self.train_idx = labelled_subset(train_pool, labels, cfg.train_fraction, seed)
@@ -206,7 +225,7 @@ class TensorDataModule(pl.LightningDataModule):
         batch_idx = trainer.fit_loop.epoch_loop.batch_progress.current.ready
         return self.augment_batch(images, trainer.current_epoch, batch_idx, trainer.global_rank), labels
 
-    def _loader(self, indices: np.ndarray, shuffle: bool) -> DataLoader:
+    def _loader(self, indices: np.ndarray, shuffle: bool, split: str) -> DataLoader:
         idx = torch.from_numpy(indices)
         images, labels = self.data.images[idx], self.data.labels[idx]
         num_workers = self.num_workers
@@ -220,14 +239,14 @@ class TensorDataModule(pl.LightningDataModule):
         # gets its own share (the Trainer runs with use_distributed_sampler=False).
         min_batches = self.min_train_batches if shuffle else 1
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        batches = EpochBatches(len(dataset), self.batch_size, self.seed, shuffle, min_batches, rank, world_size)
+        batches = EpochBatches(len(dataset), self.batch_size, self.seed, shuffle, min_batches, rank, world_size, split)
         return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_idx, shuffle=True)
+        return self._loader(self.train_idx, shuffle=True, split="train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_idx, shuffle=False)
+        return self._loader(self.val_idx, shuffle=False, split="val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_idx, shuffle=False)
+        return self._loader(self.test_idx, shuffle=False, split="test")
