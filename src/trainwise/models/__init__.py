@@ -15,10 +15,19 @@ from trainwise.models.seed_nets import SEED_NETS
 
 
 class Net(nn.Module):
-    def __init__(self, backbone: nn.Module, num_classes: int, head_hidden: int | None = None):
+    """`input_shape` (channels, image size): the head is sized from the features the backbone returns for such an
+    input; without it, from `backbone.num_features`."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        head_hidden: int | None = None,
+        input_shape: tuple[int, int] | None = None,
+    ):
         super().__init__()
         self.backbone = backbone
-        features = backbone.num_features
+        features = feature_size(backbone, *input_shape) if input_shape else backbone.num_features
         if head_hidden:
             self.head = nn.Sequential(nn.Linear(features, head_hidden), nn.ReLU(), nn.Linear(head_hidden, num_classes))
         else:
@@ -58,7 +67,31 @@ def _timm_kwargs(name: str) -> set[str]:
 
 def build_model(model_cfg, num_classes: int, in_chans: int, image_size: int) -> Net:
     backbone = build_backbone(model_cfg.name, in_chans, image_size)
-    return Net(backbone, num_classes, model_cfg.get("head_hidden"))
+    return Net(backbone, num_classes, model_cfg.get("head_hidden"), input_shape=(in_chans, image_size))
+
+
+def feature_size(backbone: nn.Module, in_chans: int, image_size: int) -> int:
+    """The width of what `backbone` returns, measured on one dummy image of the real input shape.
+
+    timm's `num_features` is the width before its pre-logits stage: vgg16 returns 4096 (its ConvMlp), not 512;
+    mobilenetv3 returns its conv_head's 1024/1280, not 288/960. Eval mode and no_grad leave BatchNorm statistics
+    and autograd untouched, and the forward draws no random numbers, so seeded initialisation is unchanged.
+    """
+    import torch
+
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            out = backbone(torch.zeros(1, in_chans, image_size, image_size))
+    finally:
+        backbone.train(was_training)
+    if out.ndim != 2:
+        raise UserError(
+            f"the backbone returns features of shape {tuple(out.shape)} for a {in_chans}x{image_size}x{image_size} "
+            "image; trainwise needs pooled (batch, features) outputs"
+        )
+    return int(out.shape[1])
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:
