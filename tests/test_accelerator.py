@@ -7,6 +7,7 @@ import ctypes
 import os
 import resource
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -93,3 +94,26 @@ def test_peak_memory_is_each_blocks_own_not_the_processs_lifetime_peak():
     # What cost/peak_memory_mb used to be (ru_maxrss, the lifetime peak) says the second block held it too.
     lifetime_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert lifetime_mb > second.mb + 0.8 * big_mb
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16-mixed", torch.bfloat16), ("32-true", None)])
+def test_cached_features_are_computed_at_the_trainers_precision(precision, dtype):
+    """On GPU the trainer runs bf16-mixed: the backbone behind an uncached head runs under bf16 autocast, so the
+    cached features must be computed under it too (here on CPU, where torch's autocast does the same)."""
+    from trainwise.data import build_datamodule
+    from trainwise.data.features import cache_features
+    from trainwise.models import build_model
+
+    cfg = compose_config("model=timm", "model.name=test_resnet", "dataset=digits")
+    datamodule = build_datamodule(cfg.dataset, cfg.seed, input_shape=(1, 16))
+    backbone = build_model(cfg.model, datamodule.num_classes, 1, 16).backbone.eval()
+    datamodule.data = replace(datamodule.data, images=datamodule.data.images[:128])  # bf16 on CPU is slow
+    images = datamodule.data.images
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+        expected = backbone(images).float()
+    cached = cache_features(datamodule, backbone, len(images), device="cpu", precision=precision).data.images
+    assert cached.dtype == torch.float32
+    torch.testing.assert_close(cached, expected, rtol=0, atol=0)
+    if dtype is not None:  # the precisions differ: comparing them is a real check
+        with torch.no_grad():
+            assert not torch.equal(backbone(images), expected)
