@@ -124,3 +124,44 @@ def test_report_reads_the_store_without_importing_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip().splitlines()[-1] == "False False", result.stderr[-2000:]
     assert "no sweep in" in result.stderr  # an empty store: one clear line
+
+
+def test_everything_under_a_key_naming_a_secret_is_masked():
+    from trainwise.config import MASK, mask_secrets
+
+    tree = {
+        "api_key": {"value": "abc", "nested": {"deeper": ["d1", {"x": 3}]}, "empty": None},
+        "credentials_password": ["x", "y"],
+        "extra": {"db": "postgresql://bob:pw@db/x", "lr": 0.1, "name": "digits"},
+    }
+    assert mask_secrets(tree) == {
+        # The structure stays (a logged config is merged over today's defaults), every value goes.
+        "api_key": {"value": MASK, "nested": {"deeper": [MASK, {"x": MASK}]}, "empty": None},
+        "credentials_password": [MASK, MASK],
+        "extra": {"db": f"postgresql://bob:{MASK}@db/x", "lr": 0.1, "name": "digits"},
+    }
+
+
+def test_mask_text_masks_secrets_inside_free_text_such_as_a_traceback(monkeypatch):
+    from trainwise.config import mask_text
+
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cr3t-from-env")
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "tok-123456")
+    monkeypatch.setenv("TRAINWISE_UNRELATED", "digits")
+    text = (
+        "Traceback (most recent call last):\n"
+        '  File "x.py", line 3, in <module>\n'
+        "    connect(api_key='abc-def', timeout=3)\n"
+        "requests.exceptions.HTTPError: 401 for https://alice:p4ss@mlflow.example/api (token: tk_987; user=bob)\n"
+        "RuntimeError: login failed with s3cr3t-from-env, AWS_SECRET_ACCESS_KEY=AKIAXYZ and {'password': \"p w\"}\n"
+        "Authorization: Bearer eyJhbGciOi.payload.sig\n"
+        "KeyError: 'digits' (uses tok-123456)\n"
+    )
+    masked = mask_text(text)
+    for secret in ("abc-def", "p4ss", "tk_987", "s3cr3t-from-env", "AKIAXYZ", '"p w"', "eyJhbGciOi", "tok-123456"):
+        assert secret not in masked, secret
+    # What is not a secret stays readable: exception names, the user, other values.
+    for kept in ("timeout=3", "https://alice:***@mlflow.example/api", "user=bob", "KeyError: 'digits'", "line 3"):
+        assert kept in masked, kept
+    assert mask_text("optimizer.lr=0.1") == "optimizer.lr=0.1"
+    assert mask_text("+extra.db_password=hunter2") == "+extra.db_password=***"

@@ -121,30 +121,72 @@ def augment_pad(data_cfg) -> int | None:
     return pad
 
 
-_SECRET_WORDS = ("TOKEN", "PASSWORD", "SECRET", "KEY")
-_URI_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)(?P<password>[^@\s]+)(?P<at>@)")
+_SECRET_WORDS = ("TOKEN", "PASSWORD", "PASSWD", "SECRET", "KEY")
 MASK = "***"
+# scheme://user:password@host (the user may be empty: https://:token@host).
+_URI_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]+)(?P<at>@)")
+# `name=value`, `name: value`, `'name': 'value'` and `name="va lue"` whose name names a secret, anywhere in a
+# line; not exception names (`KeyError: 'x'` says which key was missing, and is no secret).
+_NAMED_SECRET = re.compile(
+    r"(?P<name>[\w.-]*(?:token|password|passwd|secret|key)(?![\w-]*(?:Error|Exception|Warning|Interrupt)\b)[\w.-]*)"
+    r"(?P<sep>['\"]?\s*[=:]\s*)"
+    r"(?P<value>'[^'\n]*'|\"[^\"\n]*\"|[^\s,;)\]}'\"]+)",
+    re.IGNORECASE,
+)
+_AUTH_HEADER = re.compile(r"\b(?P<scheme>Bearer|Basic|Token)\s+(?P<value>[A-Za-z0-9._~+/=-]{8,})")
+# Environment values too short or too common to be a secret worth masking (they would mask unrelated text).
+_NOT_SECRET_VALUES = {"true", "false", "none", "null", "yes", "no", "on", "off"}
+
+
+def _names_secret(key: str) -> bool:
+    return any(word in key.upper() for word in _SECRET_WORDS)
 
 
 def mask_secrets(node, key: str = ""):
-    """A copy of a config tree (or text) safe to log: values under keys naming a secret, and passwords inside
-    URIs (scheme://user:password@host), replaced by ***."""
+    """A copy of a config tree (or text) safe to log: everything under a key naming a secret (at any depth; the
+    structure stays, so a logged config still merges over the defaults), and secrets inside strings (see
+    mask_text), replaced by ***."""
+    if _names_secret(key):
+        return _mask_all(node)
     if isinstance(node, dict):
         return {k: mask_secrets(v, str(k)) for k, v in node.items()}
     if isinstance(node, list):
-        return [mask_secrets(v, key) for v in node]
-    if any(word in key.upper() for word in _SECRET_WORDS) and node not in (None, "", [], {}):
-        return MASK
+        return [mask_secrets(v) for v in node]
     if isinstance(node, str):
         return mask_text(node)
     return node
 
 
+def _mask_all(node):
+    if isinstance(node, dict):
+        return {k: _mask_all(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_mask_all(v) for v in node]
+    return node if node in (None, "") else MASK
+
+
 def mask_text(text: str) -> str:
-    """Passwords inside URIs, and `key=value` overrides whose key names a secret, masked."""
+    """Free text (an override, an error message, a whole traceback) safe to log: passwords inside URIs,
+    `name=value` / `name: value` pairs whose name names a secret, Bearer/Basic credentials, and the value of every
+    environment variable whose name contains TOKEN, PASSWORD, SECRET or KEY (MLFLOW_TRACKING_PASSWORD, ...)
+    wherever it appears, replaced by ***."""
+    import os
+
+    text = str(text)
+    # Longest first, so that a value containing another is masked whole.
+    values = sorted(
+        {v for k, v in os.environ.items() if _names_secret(k) and len(v) >= 4 and v.lower() not in _NOT_SECRET_VALUES},
+        key=len,
+        reverse=True,
+    )
+    for value in values:
+        text = text.replace(value, MASK)
     text = _URI_PASSWORD.sub(lambda m: m.group("head") + MASK + m.group("at"), text)
-    if "=" in text and "\n" not in text:
-        name, _, value = text.partition("=")
-        if any(word in name.upper() for word in _SECRET_WORDS) and value:
-            return f"{name}={MASK}"
-    return text
+    text = _AUTH_HEADER.sub(lambda m: f"{m.group('scheme')} {MASK}", text)
+    return _NAMED_SECRET.sub(_mask_named, text)
+
+
+def _mask_named(match: re.Match) -> str:
+    value = match.group("value")
+    quote = value[0] if value[:1] in ("'", '"') else ""
+    return match.group("name") + match.group("sep") + (f"{quote}{MASK}{quote}" if value.strip("'\"") else value)
