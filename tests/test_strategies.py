@@ -138,3 +138,53 @@ def test_a_terminal_run_shows_each_epochs_loss_and_accuracy_on_the_progress_bar(
     assert "epoch 1/2" not in bar  # the plain epoch lines are for logs and CI
     for metric in ("train/loss", "train/acc", "val/loss", "val/acc"):
         assert f"{metric}: " in bar
+
+
+# The foundation hash: what changes the weights a `full` run trains changes it; what does not, does not.
+
+
+def _hash(*overrides: str) -> str:
+    return foundation_hash(compose_config("strategy=finetune", *overrides))
+
+
+def test_the_foundation_hash_follows_the_glyph_generators_version_when_the_source_is_glyphs(monkeypatch):
+    import trainwise.data.glyphs as glyphs
+
+    before, digits_before = _hash(), _hash("source=digits")
+    monkeypatch.setattr(glyphs, "GLYPHS_VERSION", glyphs.GLYPHS_VERSION + 1)
+    assert _hash() != before
+    assert _hash("source=digits") == digits_before  # the generator does not make the digits
+
+
+def test_the_foundation_hash_follows_the_precision_it_trains_in():
+    assert _hash("accelerator=cpu", "accelerator.precision=bf16-mixed") != _hash("accelerator=cpu")
+    assert _hash("accelerator=cpu", "accelerator.precision=32-true") == _hash("accelerator=cpu")  # Lightning: same
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU, precision=auto resolves to bf16-mixed")
+def test_precision_auto_on_a_cpu_is_the_same_foundation_as_precision_32():
+    assert _hash("accelerator=auto") == _hash("accelerator=cpu")
+
+
+def test_the_foundation_hash_follows_the_number_of_ddp_ranks():
+    two = _hash("accelerator=ddp_cpu", "accelerator.devices=2")
+    assert two != _hash("accelerator=cpu")  # twice the global batch
+    assert two != _hash("accelerator=ddp_cpu", "accelerator.devices=4")
+    assert two != _hash("accelerator=ddp_cpu", "accelerator.devices=2", "accelerator.num_nodes=2")
+    assert _hash("accelerator=ddp_cpu", "accelerator.devices=1") == _hash("accelerator=cpu")
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "dataset.train_fraction=0.05",
+        "dataset.batch_size=16",
+        "optimizer.lr=0.01",
+        "seed=3",
+        "tracking.uri=sqlite:///elsewhere.db",
+        "strategy.freeze=backbone",
+        "source.num_workers=2",
+    ],
+)
+def test_the_foundation_hash_ignores_what_only_the_fine_tune_or_the_bookkeeping_uses(override):
+    assert _hash(override) == _hash()

@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from trainwise.config import config_hash, to_container
 from trainwise.paths import conf_dir
 
-# What identifies a foundation: a fine-tune with pretrained=auto reuses a full run only if all of these match.
+# What identifies a foundation: a fine-tune with pretrained=auto reuses a full run only if all of these match,
+# and the facts `foundation_facts` derives from the config (what the keys alone do not say).
 FOUNDATION_KEYS = ("model", "source", "foundation", "trainer", "min_train_steps")
 
 
@@ -48,7 +49,29 @@ def foundation_hash(cfg: DictConfig) -> str:
     """Hash of exactly the keys that define the foundation a config trains (or needs)."""
     full = effective_config(cfg) if cfg.strategy.data == "source" else foundation_config(cfg)
     tree = to_container(full)
-    return config_hash({key: tree[key] for key in FOUNDATION_KEYS})
+    return config_hash({key: tree[key] for key in FOUNDATION_KEYS} | {"facts": foundation_facts(full)})
+
+
+def foundation_facts(cfg: DictConfig) -> dict:
+    """What else changes the weights a `full` run trains: the glyph generator's version (a new version draws
+    other images for the same config), the precision it resolves to (`auto` is bf16-mixed on a GPU, 32 on a
+    CPU), and the number of DDP ranks (the global batch is dataset.batch_size per rank)."""
+    from lightning_fabric.connector import _convert_precision_to_unified_args
+
+    from trainwise import accelerator, distributed
+
+    facts = {
+        "precision": str(_convert_precision_to_unified_args(accelerator.precision(cfg.accelerator))),  # "32"="32-true"
+        "ranks": 1,
+    }
+    if distributed.uses_ddp(cfg.accelerator):
+        # devices=auto counts this node's GPUs, as the job itself does when it starts its ranks.
+        facts["ranks"] = distributed._devices_per_node(cfg.accelerator) * int(cfg.accelerator.get("num_nodes", 1))
+    if cfg.source.name == "glyphs":
+        from trainwise.data.glyphs import GLYPHS_VERSION
+
+        facts["glyphs_version"] = GLYPHS_VERSION
+    return facts
 
 
 def training_data(cfg: DictConfig) -> DictConfig:
