@@ -166,6 +166,13 @@ def test_missing_files_with_download_off_name_the_folder(tmp_path, name):
     assert "dataset.download=true" in message and "dataset.root=" in message
 
 
+def test_files_already_there_are_read_without_the_download_lock(tmp_path):
+    _write_mnist(tmp_path, "MNIST")
+    dm = _datamodule("dataset=mnist", f"dataset.root={tmp_path}", "dataset.download=true")
+    assert dm.sizes()["test"] == 20
+    assert not list(tmp_path.glob(".*lock"))  # nothing written: a shared, read-only dataset folder works
+
+
 def test_default_root_is_trainwise_data_then_the_user_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TRAINWISE_DATA", str(tmp_path / "datasets"))
     assert data_root() == tmp_path / "datasets" and data_root(str(tmp_path / "x")) == tmp_path / "x"

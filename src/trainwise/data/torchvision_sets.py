@@ -7,6 +7,7 @@ test images are handed over as `test_mask`, so `test_fraction` does not apply to
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ import torch
 
 from trainwise.data.datamodule import ImageTensors
 from trainwise.errors import UserError
+
+log = logging.getLogger("trainwise")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,36 @@ def _open(spec: TorchvisionSet, root: Path, train: bool, download: bool):
         ) from error
 
 
+def _open_splits(spec: TorchvisionSet, root: Path, download: bool):
+    """(train, test). Every DDP rank and every parallel job builds the datamodule: on a fresh machine each would
+    download and extract the same archive into the same files at once. So a download runs under a file lock in
+    `root`: one process downloads, the others wait for it and then read its files."""
+    try:  # already there: read without taking the lock (root may be read-only)
+        return _open(spec, root, True, False), _open(spec, root, False, False)
+    except UserError:
+        if not download:
+            raise
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(root / f".{spec.cls}.download.lock"))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("data: waiting for another process to download %s into %s", spec.title, root)
+            lock.acquire()
+    except OSError as error:
+        raise UserError(
+            f"could not download {spec.title} into {root / spec.folder} ({error}); set dataset.root to a folder "
+            f"you can write to, or copy its files ({spec.files}) there yourself"
+        ) from error
+    try:
+        return _open(spec, root, True, True), _open(spec, root, False, True)
+    finally:
+        lock.release()
+
+
 def _as_uint8_nchw(data) -> torch.Tensor:
     """torchvision keeps MNIST as a (N, H, W) uint8 tensor and CIFAR as a (N, H, W, C) uint8 array."""
     tensor = torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data)
@@ -83,7 +116,7 @@ def load_torchvision(cfg) -> ImageTensors:
     spec = SETS[cfg.name]
     root = data_root(cfg.get("root"))
     download = bool(cfg.get("download", True))
-    train, test = (_open(spec, root, split, download) for split in (True, False))
+    train, test = _open_splits(spec, root, download)
     parts = [_as_uint8_nchw(train.data), _as_uint8_nchw(test.data)]
     n_train, n_test = len(parts[0]), len(parts[1])
     # One float tensor filled in place: the uint8 copies are the only other full-size buffers.
