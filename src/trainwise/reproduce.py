@@ -30,7 +30,12 @@ def reproduce(run_id: str, tracking_uri: str, trust: bool = False, tolerance: fl
     if foundation:
         # The exact foundation the original started from, not whichever is newest today.
         is_run = len(foundation) == 32 and all(c in "0123456789abcdef" for c in foundation)
-        cfg.strategy.pretrained = f"runs:/{foundation}/checkpoints/best.ckpt" if is_run else foundation
+        if is_run:
+            cfg.strategy.pretrained = f"runs:/{foundation}/checkpoints/best.ckpt"
+        elif foundation.startswith("timm:"):  # timm's weights for model.name (the tag names them timm:<name>)
+            cfg.strategy.pretrained = "timm"
+        else:  # a local file, as given
+            cfg.strategy.pretrained = foundation
 
     for warning in _provenance_warnings(original.data.tags, code_and_versions()):
         print(f"warning: {warning}")
