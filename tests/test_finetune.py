@@ -204,3 +204,34 @@ def test_lp_ft_probes_then_fine_tunes_in_one_run(tmp_path, store_uri):
     after = torch.load(last, weights_only=True)["state_dict"]
     changed = [k for k, v in after.items() if k.startswith("net.backbone.") and not torch.equal(v, before[k])]
     assert changed  # phase 2 trained the backbone
+
+
+def test_unfreeze_at_epoch_with_freeze_stages_unfreezes_only_the_stages_after_k():
+    from trainwise.strategies.unfreeze import UnfreezeBackbone
+
+    net = build_model(compose_config("model=timm", "model.name=test_resnet").model, 4, 1, 8)
+    frozen = freeze(net, "stages:1")  # the stem
+    stem = {k for k, _ in net.backbone.named_parameters() if k.startswith(("conv1.", "bn1."))}
+    assert stem and all(not p.requires_grad for k, p in net.backbone.named_parameters() if k in stem)
+    cfg = compose_config()
+    module = ClassificationModule(net, 4, cfg.optimizer, cfg.scheduler, param_groups(net, 0.01, 0.1), frozen, {})
+    seen = []
+
+    class Watch(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            seen.append((_snapshot(pl_module.net.backbone), {k for k, p in net.backbone.named_parameters()
+                                                             if p.requires_grad}))  # fmt: skip
+
+    before = _snapshot(net.backbone)
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                         callbacks=[UnfreezeBackbone(at_epoch=1, lr=0.001), Watch()])  # fmt: skip
+    trainer.fit(module, datamodule=_tiny_data())
+    (epoch0, trainable0), (epoch1, trainable1) = seen
+    assert not trainable0 and all(torch.equal(epoch0[k], v) for k, v in before.items())  # head only, BN stats too
+    stem_state = [k for k in before if k.startswith(("conv1.", "bn1."))]  # weights and BatchNorm statistics
+    assert all(torch.equal(epoch1[k], before[k]) for k in stem_state)  # the first k stages stay frozen...
+    assert trainable1 == {k for k, _ in net.backbone.named_parameters()} - stem
+    changed = {k for k, v in before.items() if not torch.equal(epoch1[k], v)}
+    assert any(k.startswith("layer") and "running_mean" in k for k in changed)  # ...the others train, BN too
+    assert any(k.startswith("layer") and k.endswith("conv1.weight") for k in changed)

@@ -6,6 +6,8 @@ What differs between strategies (which weights, what is frozen, which LR per gro
 
 from __future__ import annotations
 
+import math
+
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -99,6 +101,12 @@ class ClassificationModule(pl.LightningModule):
         self.samples_trained += len(batch[1])
         return loss
 
+    def on_train_epoch_start(self):
+        # After the callbacks' hook: a group UnfreezeBackbone added now takes the schedule's LR from its first step.
+        for config in self.trainer.lr_scheduler_configs:
+            if isinstance(config.scheduler, GroupsLambdaLR):
+                config.scheduler.schedule_new_groups()
+
     def on_train_batch_end(self, outputs, batch, batch_idx):
         if (batch_idx + 1) % CHECK_EVERY == 0:
             self._stop_if_diverged()
@@ -134,8 +142,7 @@ class ClassificationModule(pl.LightningModule):
             total = int(self.trainer.estimated_stepping_batches)
             # eta_min is per group in spirit: scale each group's floor by its own initial LR.
             ratio = float(self.scheduler_cfg.get("eta_min_ratio", 0.0))
-            lambdas = [_cosine(total, ratio) for _ in optimizer.param_groups]
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+            scheduler = GroupsLambdaLR(optimizer, Cosine(total, ratio))
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         raise ValueError(f"unknown scheduler {self.scheduler_cfg.name}")
 
@@ -169,11 +176,37 @@ class LossAndAccuracy(Metric):
         return {"loss": self.loss_sum / self.count, "acc": self.correct / self.count}
 
 
-def _cosine(total_steps: int, floor: float):
-    import math
+class Cosine:
+    """The cosine factor at an optimizer step, from 1 down to `floor`. A class, not a closure: LambdaLR saves a
+    callable object's attributes in its state (plain numbers, so a checkpoint loads with weights_only=True)."""
 
-    def factor(step: int) -> float:
-        progress = min(1.0, step / max(1, total_steps))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    def __init__(self, total_steps: int, floor: float):
+        self.total_steps, self.floor = int(total_steps), float(floor)
 
-    return factor
+    def __call__(self, step: int) -> float:
+        progress = min(1.0, step / max(1, self.total_steps))
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class GroupsLambdaLR(torch.optim.lr_scheduler.LambdaLR):
+    """LambdaLR with one factor for every parameter group, groups added after it was built included (the backbone
+    that BaseFinetuning adds at `strategy.unfreeze_at_epoch`): such a group follows the same global schedule from
+    the step it joins, with its own LR as base. Torch's LambdaLR keeps one lambda per group it was built with and
+    fails (zip strict) once the optimizer has more."""
+
+    def schedule_new_groups(self) -> None:
+        for group in self.optimizer.param_groups[len(self.base_lrs) :]:
+            group.setdefault("initial_lr", group["lr"])
+            self.base_lrs.append(group["initial_lr"])
+            self.lr_lambdas.append(self.lr_lambdas[0])
+            group["lr"] = group["initial_lr"] * self.lr_lambdas[0](self.last_epoch)
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def get_lr(self) -> list[float]:
+        self.schedule_new_groups()
+        return super().get_lr()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # A checkpoint taken after the unfreeze has a lambda state per group, the added ones too.
+        self.lr_lambdas += [self.lr_lambdas[0]] * (len(state_dict["lr_lambdas"]) - len(self.lr_lambdas))
+        super().load_state_dict(state_dict)
