@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import metadata
+
 import pytest
 import torch
 
@@ -30,7 +32,8 @@ def _assert_contract(client, run_id: str, strategy: str, dataset: str):
     assert tags["trainwise.dataset"] == dataset
     assert tags["trainwise.role"] == "job"
     assert len(tags["trainwise.config_hash"]) == 16
-    assert tags["trainwise.version.torch"] == torch.__version__.split("+")[0] or tags["trainwise.version.torch"]
+    assert tags["trainwise.version.torch"] == metadata.version("torch")  # the installed distribution's version...
+    assert tags["trainwise.version.torch"].split("+")[0] == torch.__version__.split("+")[0]  # ...the running torch
     params = run.data.params
     assert params["strategy.name"] == strategy
     assert params["optimizer.lr"] and params["dataset.train_fraction"] and params["seed"]
@@ -124,7 +127,9 @@ def test_a_bad_pretrained_path_fails_before_any_run_exists(tmp_path, store_uri):
 
     with pytest.raises(UserError, match="no such file"):
         run_job(tmp_path, store_uri, "strategy=finetune", f"strategy.pretrained={tmp_path / 'missing.ckpt'}")
-    assert mlflow_client(store_uri).search_runs(["0"]) == []  # nothing FINISHED, nothing RUNNING
+    client = mlflow_client(store_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]  # trainwise's, not MLflow's Default ("0")
+    assert client.search_runs(experiments) == []  # nothing FINISHED, nothing RUNNING, in any experiment
 
 
 def test_a_terminal_run_shows_each_epochs_loss_and_accuracy_on_the_progress_bar(tmp_path, store_uri):
