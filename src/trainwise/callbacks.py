@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import functools
+import signal
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from lightning_utilities.core.apply_func import apply_to_collection
 from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+
+from trainwise.errors import Interrupted
 
 
 class EpochCheckpoint(ModelCheckpoint):
@@ -24,6 +28,26 @@ class EpochCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         pass
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # A resumed run writes into a new job folder. Lightning's version then restores only best_model_path
+        # (with a warning) and forgets best_model_score, so the first epoch after a resume became "best" whatever
+        # its score. Here the whole state is restored, its paths moved to this folder (resume puts the run's
+        # best.ckpt there before fitting).
+        old_dir = state_dict.get("dirpath")
+        if old_dir and old_dir != self.dirpath:
+            state_dict = dict(state_dict, dirpath=self.dirpath)
+            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+                state_dict[key] = _moved(state_dict.get(key, ""), old_dir, self.dirpath)
+            models = state_dict.get("best_k_models", {})
+            state_dict["best_k_models"] = {_moved(path, old_dir, self.dirpath): v for path, v in models.items()}
+        super().load_state_dict(state_dict)
+
+
+def _moved(path: str, old_dir: str, new_dir: str) -> str:
+    if not path:
+        return path
+    return str(Path(new_dir) / Path(path).relative_to(old_dir)) if Path(path).is_relative_to(old_dir) else path
 
 
 class BestCheckpoint(EpochCheckpoint):
@@ -68,6 +92,11 @@ class BestCheckpoint(EpochCheckpoint):
         self.write_held(trainer)
 
     def on_exception(self, trainer, pl_module, exception):
+        if isinstance(exception, Interrupted):
+            # Stopped by a signal: resume continues from last.ckpt, which names the best.ckpt already on disk; a
+            # newer best held here belongs to epochs that resume trains again.
+            self._held = None
+            return
         self.write_held(trainer, wait_for_ranks=False)  # a failing rank may be alone here
 
 
@@ -80,21 +109,57 @@ class LastCheckpoint(EpochCheckpoint):
     first one, then once `every_s` seconds have passed since the previous write, and always at the last epoch or
     when training stops early (Ctrl+C). Lightning's `train_time_interval` would save mid-epoch, from where a run
     cannot resume exactly; saving every epoch cost short epochs more than the training itself (2 CPU cores).
-    A hard crash loses at most `every_s` seconds of training."""
+    A hard crash loses at most `every_s` seconds of training.
 
-    def __init__(self, dirpath, every_s: float, best: BestCheckpoint):
+    It also carries what the run has cost so far (seconds in fit, images trained on, over every rank), so that
+    a resumed run reports the cost of the whole run, and it tells the logger which epochs are now safe to send
+    (RunLogger.checkpointed): a run stopped later resumes from here, and sends those epochs once, not twice."""
+
+    def __init__(self, dirpath, every_s: float, best: BestCheckpoint, seconds_before_fit: float = 0.0):
         super().__init__(dirpath=dirpath, filename="last", enable_version_counter=False, save_on_train_epoch_end=True)
         self.every_s = every_s
         self.best = best  # runs earlier in the same hook (an earlier callback), so holds this epoch's improvement
         self._saved_at: float | None = None
+        self.fit_seconds_before = seconds_before_fit  # cost of the run up to this fit (restored on resume)
+        self.samples_before = 0
+        self._fit_started = time.perf_counter()
+        self._progress = {"fit_seconds": 0.0, "samples_trained": 0}
+
+    def on_fit_start(self, trainer, pl_module):
+        self._fit_started = time.perf_counter()
+
+    def fit_seconds(self) -> float:
+        """Seconds this run has spent training, this process's fit and the interrupted ones before it."""
+        return self.fit_seconds_before + time.perf_counter() - self._fit_started
 
     def on_train_epoch_end(self, trainer, pl_module):
         final = trainer.should_stop or trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
         due = self._saved_at is None or time.monotonic() - self._saved_at >= self.every_s
+        if trainer.world_size > 1:  # each rank's clock differs: rank 0 decides, or the one saving waits alone
+            due = trainer.strategy.broadcast(due, src=0)
         if final or due:
+            samples = trainer.strategy.reduce(
+                torch.tensor(float(pl_module.samples_trained), device=pl_module.device), reduce_op="sum"
+            )
+            self._progress = {
+                "fit_seconds": self.fit_seconds(),
+                "samples_trained": self.samples_before + int(samples.item()),
+            }
             self.best.write_held(trainer)  # a resume from this last.ckpt finds the best.ckpt it names
             super().on_train_epoch_end(trainer, pl_module)
             self._saved_at = time.monotonic()
+            for logger in trainer.loggers:
+                if hasattr(logger, "checkpointed"):
+                    logger.checkpointed(trainer.current_epoch)
+
+    def state_dict(self) -> dict:
+        return super().state_dict() | {"trainwise_progress": dict(self._progress)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        progress = state_dict.get("trainwise_progress", {})
+        self.fit_seconds_before += float(progress.get("fit_seconds", 0.0))
+        self.samples_before = int(progress.get("samples_trained", 0))
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "trainwise_progress"})
 
 
 class EpochLines(pl.Callback):
@@ -126,68 +191,60 @@ class EpochLines(pl.Callback):
 
 
 class GracefulStop(pl.Callback):
-    """SIGINT/SIGTERM during fit: finish the current batch and stop, so trainwise can log the last checkpoint and
-    end the MLflow run KILLED (Lightning's own Ctrl+C handling exits the process from inside `fit`).
-    A second Ctrl+C stops at once.
+    """SIGINT/SIGTERM while training (see trainwise.signals): stop after the current batch, so trainwise can log
+    the checkpoints and end the MLflow run KILLED. A second signal stops at once.
+
+    Where it stops decides what `resume` finds. Mid-epoch, training stops by raising `Interrupted`: the partial
+    epoch is neither validated nor saved (Lightning's `should_stop` would validate it and let last.ckpt record
+    it as a whole epoch), and resume continues from the last complete epoch saved. After an epoch's last batch,
+    or during its validation, the epoch completes and is saved (`should_stop`).
 
     Under DDP every rank must stop after the same batch, or the others wait forever in the next all-reduce: the
-    ranks decide together (one rank signalled is enough) every CHECK_EVERY batches and at each epoch end."""
+    ranks decide together (one rank signalled is enough) every CHECK_EVERY batches, at each epoch's last batch
+    and at each epoch end. Must come before LastCheckpoint in the callbacks: a stop decided at an epoch end
+    makes that epoch's last.ckpt the final one."""
 
     CHECK_EVERY = 10
 
-    def __init__(self):
-        self.signal: int | None = None
+    def __init__(self, signals):
+        self.signals = signals  # trainwise.signals.RunSignals of this run
         self.stopped = False  # training stopped early because of a signal (on any rank, under DDP)
-        self._trainer = None
-        self._previous: dict[int, object] = {}
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.world_size > 1 and (batch_idx + 1) % self.CHECK_EVERY == 0:
-            self._decide_together(trainer)
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.world_size > 1:
-            self._decide_together(trainer)
-
-    def _decide_together(self, trainer) -> None:
-        if trainer.strategy.reduce_boolean_decision(self.signal is not None, all=False):
-            trainer.should_stop = True
-            self.stopped = True
+    @property
+    def signal(self) -> int | None:
+        return self.signals.received
 
     def on_train_start(self, trainer, pl_module):
-        # Not on_fit_start: Lightning records every signal handler after that hook and restores them at teardown,
-        # which would leave ours installed after fit.
-        import signal
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be installed from the main thread
-        self._trainer = trainer
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-
-    def on_fit_end(self, trainer, pl_module):
-        self.teardown(trainer, pl_module, "fit")
+        # Lightning installed its own SIGTERM handler just before this hook (it raises SystemExit at an epoch end,
+        # and broadcasts from inside the handler under DDP); ours goes back on top. Lightning restores the handlers
+        # from before fit at teardown, which are ours too.
+        self.signals.training = True
+        self.signals.install()
 
     def teardown(self, trainer, pl_module, stage):
-        import signal
+        self.signals.training = False
 
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        last = batch_idx + 1 >= trainer.num_training_batches
+        if trainer.world_size > 1 and not (last or (batch_idx + 1) % self.CHECK_EVERY == 0):
+            return
+        if not self._decide(trainer):
+            return
+        if last:  # the epoch is whole: validate it and save it as the final one
+            trainer.should_stop = True
+            return
+        raise Interrupted(self.signals.received or signal.SIGTERM)
 
-    def _handle(self, signum, frame):
-        import signal
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self._decide(trainer):  # signalled during the epoch's validation
+            trainer.should_stop = True
 
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal = signum
-        print(
-            f"\nReceived {signal.Signals(signum).name}: stopping after this batch (Ctrl+C again: at once).", flush=True
-        )
-        if self._trainer is not None and self._trainer.world_size == 1:
-            self._trainer.should_stop = True
-            self.stopped = True
+    def _decide(self, trainer) -> bool:
+        stop = self.signals.received is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        self.stopped |= stop
+        return stop
 
 
 class ProgressBar(RichProgressBar):

@@ -7,10 +7,13 @@ class UserError(Exception):
     exit_code = 2
 
 
-class Interrupted(KeyboardInterrupt):
-    """Training stopped on SIGINT/SIGTERM; the run is KILLED and can be resumed."""
+class Interrupted(BaseException):
+    """A run stopped on SIGINT/SIGTERM; it ends KILLED and can be resumed.
 
-    def __init__(self, signum: int, run_id: str):
+    A BaseException, as KeyboardInterrupt is (no `except Exception` on the way swallows it), but not a
+    KeyboardInterrupt: inside `Trainer.fit` Lightning answers one of those with `sys.exit(1)`."""
+
+    def __init__(self, signum: int, run_id: str = ""):
         super().__init__(f"stopped by signal {signum}")
         self.signum = signum
         self.run_id = run_id

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -38,6 +37,7 @@ class JobContext:
     hydra_yaml: Path | None = None
     parent_run_id: str | None = None
     extra_tags: dict[str, str] = field(default_factory=dict)
+    signals: object = None  # trainwise.signals.RunSignals: SIGINT/SIGTERM while the run lives
 
 
 @dataclass
@@ -47,6 +47,7 @@ class ResumePoint:
     run_id: str
     checkpoint: str
     input_shape: tuple[int, int]
+    best_checkpoint: str | None = None  # the run's best.ckpt, which last.ckpt's state names
 
 
 @dataclass
@@ -59,9 +60,11 @@ class RunResult:
 def run(cfg: DictConfig, ctx: JobContext) -> RunResult | None:
     """Train and log one run; under DDP, one rank of it (only rank 0 returns a result)."""
     from trainwise import distributed
+    from trainwise.signals import RunSignals
 
     validate(cfg)
-    with distributed.ranks(cfg.accelerator, ctx.job_dir, ctx.overrides) as world:
+    with RunSignals() as signals, distributed.ranks(cfg.accelerator, ctx.job_dir, ctx.overrides) as world:
+        ctx.signals = signals
         if not world.is_zero:
             plan = world.receive_plan()  # None: rank 0 ended before training (an error, a skipped job)
             return None if plan is None else _train_and_log(OmegaConf.create(plan.cfg), ctx, None, world, plan)
@@ -85,7 +88,7 @@ def _lead(cfg: DictConfig, ctx: JobContext, world) -> RunResult:
         from trainwise.resume import resume_point
 
         asked_accelerator = cfg.accelerator  # the command line's; the run continues on the one it logged
-        cfg, point = resume_point(cfg, store)
+        cfg, point = resume_point(cfg, store, ctx.job_dir)
         _check_same_ranks(cfg, world, asked_accelerator)
         return _train_and_log(strategies.effective_config(cfg), ctx, store, world, Plan(resume=point))
     cfg = strategies.effective_config(cfg)
@@ -210,30 +213,32 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, world=None, plan: Pl
             features_cached=cached,
             channels_last=channels_last,
         )
-        total, trainable = count_parameters(net)
 
         # Fit (from the resume checkpoint, if any), then test the best checkpoint (by val/acc). Whatever
         # happens, the checkpoints written so far are logged.
         extra = [c for c in [strategies.unfreeze_callback(cfg)] if c is not None]
-        trainer, checkpoint, stop = _build_trainer(cfg, tracked if world.is_zero else None, ctx.job_dir, extra)
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
+        trainer, checkpoint, last = _build_trainer(
+            cfg, tracked if world.is_zero else None, ctx.job_dir, extra, ctx.signals, seconds_before_fit=caching_seconds
+        )
+        if resume is not None and resume.best_checkpoint:  # where the resumed state says best.ckpt is
+            _place(resume.best_checkpoint, Path(checkpoint.dirpath) / "best.ckpt")
         try:
-            started = time.perf_counter()
-            trainer.fit(
-                module, datamodule=datamodule, ckpt_path=resume.checkpoint if resume else None, weights_only=True
-            )
-            fit_seconds = time.perf_counter() - started + caching_seconds
-            if stop.stopped:  # under DDP a rank may stop because another one was signalled
-                raise Interrupted(stop.signal or signal.SIGINT, tracked.run_id)
+            with accelerator.PeakMemory(cfg.accelerator) as peak:
+                trainer.fit(
+                    module, datamodule=datamodule, ckpt_path=resume.checkpoint if resume else None, weights_only=True
+                )
+            fit_seconds = last.fit_seconds()
+            if trainer.should_stop and ctx.signals is not None and ctx.signals.received is not None:
+                raise Interrupted(ctx.signals.received, tracked.run_id)  # stopped at an epoch end, saved whole
             tested = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False, weights_only=True)[0]
         finally:
             for name in ("best.ckpt", "last.ckpt"):
                 if (Path(checkpoint.dirpath) / name).is_file():
                     tracked.log_artifact(Path(checkpoint.dirpath) / name, "checkpoints")
+        total, trainable = count_parameters(net)  # after fit: an unfreezing strategy trained more than it began with
 
         tracked.set_tags({"trainwise.data_device": str(datamodule.resident_device or "host memory")})
-        samples = world.total(module.samples_trained)  # every rank's share
+        samples = last.samples_before + world.total(module.samples_trained)  # every rank's, every resumed part
         confusion = module.test_confusion.compute()  # synced over the ranks: every rank computes it
         if not world.is_zero:
             return None
@@ -243,7 +248,7 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, world=None, plan: Pl
             "cost/fit_seconds": fit_seconds,
             "cost/samples_per_second": samples / fit_seconds if fit_seconds > 0 else 0.0,
             "cost/train_samples": samples,
-            "cost/peak_memory_mb": accelerator.peak_memory_mb(),
+            "cost/peak_memory_mb": peak.mb,
             "cost/epochs": float(trainer.current_epoch),
             "model/params_total": float(total),
             "model/params_trainable": float(trainable),
@@ -308,7 +313,8 @@ def _finished_twin(cfg: DictConfig, store, parent_run_id: str | None) -> RunResu
 
 def _identity(cfg: DictConfig) -> dict:
     """The config keys that define what a run computes (not where it is tracked or how it was launched)."""
-    return {k: v for k, v in to_container(cfg).items() if k not in ("tracking", "resume", "sweep", "trust")}
+    launch_only = ("tracking", "resume", "force_resume", "sweep", "trust")
+    return {k: v for k, v in to_container(cfg).items() if k not in launch_only}
 
 
 def _find_or_train_foundation(cfg: DictConfig, ctx: JobContext, store, finetune_run_id: str, world) -> str:
@@ -375,13 +381,16 @@ def _foundation_lock(store, foundation_hash: str):
     return FileLock(str(store.lock_dir / f"foundation-{foundation_hash}.lock"))
 
 
-def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: list | None = None):
+def _build_trainer(
+    cfg: DictConfig, tracked, job_dir: Path, extra_callbacks=None, signals=None, seconds_before_fit: float = 0.0
+):
     import warnings
 
     import pytorch_lightning as pl
 
     from trainwise import distributed
     from trainwise.callbacks import BestCheckpoint, EpochLines, GracefulStop, LastCheckpoint, ProgressBar
+    from trainwise.signals import RunSignals
     from trainwise.tracking.run import RunLogger
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -398,13 +407,14 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
     # best.ckpt: the weights of the best epoch by val/acc; last.ckpt: the full state resume continues from (not
     # save_last=True: since Lightning 2.5 that writes only in epochs where `best` improved).
     checkpoint = BestCheckpoint(job_dir / "checkpoints")
-    last = LastCheckpoint(job_dir / "checkpoints", float(cfg.get("last_checkpoint_every_s", 0)), best=checkpoint)
-    stop = GracefulStop()
+    every_s = float(cfg.get("last_checkpoint_every_s", 0))
+    last = LastCheckpoint(job_dir / "checkpoints", every_s, best=checkpoint, seconds_before_fit=seconds_before_fit)
+    signals = signals if signals is not None else RunSignals()  # (benchmarks build a Trainer without a run)
     interactive = sys.stdout.isatty()
     callbacks = [
         checkpoint,  # first: trainer.test(ckpt_path="best") uses the first ModelCheckpoint
+        GracefulStop(signals),  # before `last`: a stop decided at an epoch end makes that last.ckpt the final one
         last,
-        stop,
         *(extra_callbacks or []),
         ProgressBar() if interactive else EpochLines(),
     ]
@@ -425,7 +435,16 @@ def _build_trainer(cfg: DictConfig, tracked, job_dir: Path, extra_callbacks: lis
         default_root_dir=str(job_dir),
         **passthrough,
     )
-    return trainer, checkpoint, stop
+    return trainer, checkpoint, last
+
+
+def _place(source: str, target: Path) -> None:
+    """Copy a checkpoint to where this job's callbacks expect it (nothing to do if it is there already)."""
+    import shutil
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if Path(source).resolve() != target.resolve():
+        shutil.copyfile(source, target)
 
 
 def _run_tags(cfg: DictConfig, data_name: str, ctx: JobContext) -> dict[str, str]:
@@ -439,6 +458,7 @@ def _run_tags(cfg: DictConfig, data_name: str, ctx: JobContext) -> dict[str, str
         "trainwise.role": "job",
         "trainwise.config_hash": config_hash(_identity(cfg)),
         "trainwise.job_dir": str(ctx.job_dir.resolve()),
+        **_process_tags(),
         **code_and_versions(),
         **ctx.extra_tags,
     }
@@ -447,6 +467,14 @@ def _run_tags(cfg: DictConfig, data_name: str, ctx: JobContext) -> dict[str, str
     if ctx.parent_run_id:
         tags["mlflow.parentRunId"] = ctx.parent_run_id
     return tags
+
+
+def _process_tags() -> dict[str, str]:
+    """Where the run's process lives: resume tells a RUNNING run whose process is gone from one still training."""
+    import os
+    import socket
+
+    return {"trainwise.host": socket.gethostname(), "trainwise.pid": str(os.getpid())}
 
 
 def _log_config(tracked, cfg: DictConfig, ctx: JobContext) -> None:
@@ -496,7 +524,11 @@ def task(cfg: DictConfig) -> float | None:
     try:
         result = run(cfg, ctx)
     except Interrupted as stopped:
-        print(f"Interrupted: run {stopped.run_id} is KILLED; continue it with: trainwise train resume={stopped.run_id}")
+        if stopped.run_id:
+            print(f"Interrupted: run {stopped.run_id} is KILLED; continue it with: trainwise train "
+                  f"resume={stopped.run_id}", flush=True)  # fmt: skip
+        else:
+            print("Interrupted before a run was recorded; nothing to resume.", flush=True)
         if sweeping:
             raise  # stop the whole sweep; the CLI ends its parent run KILLED
         raise SystemExit(stopped.exit_code) from None
@@ -553,9 +585,9 @@ def hydra_main(args: list[str]) -> int:
     sys.argv = ["trainwise train", *args]
     try:
         hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")(task)()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted) as stopped:
         finish_sweep(interrupted=True)
-        raise
+        raise SystemExit(getattr(stopped, "exit_code", 130)) from None
     finally:
         finish_sweep()  # no-op when Hydra's on_multirun_end already ended the sweep
     return 1 if FAILED_JOBS else 0

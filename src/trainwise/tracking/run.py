@@ -3,15 +3,19 @@ FAILED or KILLED (never left RUNNING)."""
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from trainwise.errors import TrackingFailed
+from trainwise.config import mask_text
+from trainwise.errors import Interrupted, TrackingFailed
 
 # Epoch metrics reach the store at most this often while training (and all of them when the run ends).
 SEND_EVERY_S = 5.0
@@ -49,40 +53,72 @@ class TrackedRun:
         self.broken: Exception | None = None
         self.pending: list[tuple] = []  # calls skipped since the store failed, replayed at the end
         self.metric_history: list = []  # every epoch metric RunLogger sent (mlflow Metric entities)
+        self.metric_epochs: list[int] = []  # the epoch of each of them
+        self.checkpointed_epoch = -1  # the last epoch saved in last.ckpt (what resume continues after)
 
     def __enter__(self) -> TrackedRun:
         if self.reopen:
             self.run_id = self.reopen
             self.client.update_run(self.run_id, status="RUNNING")
-            self.client.set_tag(self.run_id, "trainwise.resumed", "true")
+            # Where the run now lives (a later resume looks for its checkpoints there) and that it was resumed.
+            moved = {
+                k: v for k, v in self.tags.items() if k in ("trainwise.job_dir", "trainwise.host", "trainwise.pid")
+            }
+            self.set_tags(moved | {"trainwise.resumed": "true"})
             return self
         run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=self.tags)
         self.run_id = run.info.run_id
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        self.safely(_flush_async_logging, self.client)
-        # MLflow's asynchronous queue drops a batch the store refused without telling anyone, so every epoch
-        # point is sent once more, synchronously (MLflow ignores the points it already has).
-        self.safely(self._send_metric_history)
-        if exc is None:
-            status = "FINISHED"
-        elif issubclass(exc_type, KeyboardInterrupt):
-            status = "KILLED"
-        else:
-            status = "FAILED"
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc_type.__name__
-            self.safely(self.client.set_tag, self.run_id, "trainwise.error", f"{exc_type.__name__}: {message}"[:5000])
-            text = "".join(traceback.format_exception(exc_type, exc, tb))
-            self.safely(self.client.log_text, self.run_id, text, "error.txt")
-        self.safely(self.client.set_terminated, self.run_id, status)
+        stopped = exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, Interrupted))
+        if isinstance(exc, Interrupted) and not exc.run_id:
+            exc.run_id = self.run_id
+        late = None  # a signal that came while the records were being sent
+        try:
+            self.safely(_flush_async_logging, self.client)
+            # MLflow's asynchronous queue drops a batch the store refused without telling anyone, so every epoch
+            # point is sent once more, synchronously (MLflow ignores the points it already has). A stopped run
+            # sends only the epochs its last.ckpt holds: resume trains the others again and logs them then.
+            self.safely(self._send_metric_history, self.covered if stopped else None)
+            if exc is not None and not stopped:
+                self._record_error(exc_type, exc, tb)
+        except (KeyboardInterrupt, Interrupted) as signalled:
+            # Ctrl+C (or SIGTERM) while the records are sent, slowest against a remote server: skip the rest, but
+            # the run still ends (KILLED) and the caller prints how to resume it.
+            late = Interrupted(getattr(signalled, "signum", signal.SIGINT), self.run_id)
+            if exc is None:
+                exc_type, exc, stopped = Interrupted, late, True
+        status = "FINISHED" if exc is None else "KILLED" if stopped else "FAILED"
+        with _signals_held():  # a run is never left RUNNING because a signal came at this moment
+            self.safely(self.client.set_terminated, self.run_id, status)
         if self.broken is not None and not self._replay() and exc is None:
             raise TrackingFailed(self.store.uri, self.broken, self.local_dir)
+        if late is not None and exc is late:
+            raise late  # the run was ending well; it is KILLED now, and the caller prints how to resume it
         return False
 
-    def _send_metric_history(self) -> None:
-        for start in range(0, len(self.metric_history), 1000):  # MLflow's batch limit is 1000 metrics
-            self.client.log_batch(self.run_id, metrics=self.metric_history[start : start + 1000])
+    def _record_error(self, exc_type, exc, tb) -> None:
+        """The error as the `trainwise.error` tag (first line) and `error.txt` (traceback), secrets masked."""
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc_type.__name__
+        tag = mask_text(f"{exc_type.__name__}: {message}")[:5000]
+        self.safely(self.client.set_tag, self.run_id, "trainwise.error", tag)
+        text = mask_text("".join(traceback.format_exception(exc_type, exc, tb)))
+        self.safely(self.client.log_text, self.run_id, text, "error.txt")
+
+    def _send_metric_history(self, count: int | None = None) -> None:
+        """Send the first `count` epoch points again (all of them by default)."""
+        points = self.metric_history[:count]
+        for start in range(0, len(points), 1000):  # MLflow's batch limit is 1000 metrics
+            self.client.log_batch(self.run_id, metrics=points[start : start + 1000])
+
+    @property
+    def covered(self) -> int:
+        """How many epoch points (from the start of metric_history) belong to epochs last.ckpt holds."""
+        count = 0
+        while count < len(self.metric_history) and self.metric_epochs[count] <= self.checkpointed_epoch:
+            count += 1
+        return count
 
     def _replay(self) -> bool:
         """Send the epoch metrics and the queued calls again; True if the store took them all."""
@@ -183,6 +219,21 @@ class QuietRun:
         pass
 
 
+@contextmanager
+def _signals_held():
+    """SIGINT/SIGTERM are ignored for the length of the block: the one store call that ends a run (main thread
+    only, as signal handlers are)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def _first_line(err: Exception) -> str:
     text = str(err).strip()
     return text.splitlines()[0][:300] if text else type(err).__name__
@@ -232,13 +283,25 @@ class RunLogger(MLFlowLogger):
         from mlflow.entities import Metric
 
         now = time.time()
+        epoch = int(metrics.get("epoch", -1))  # Lightning adds the epoch to every epoch-level call
         batch = [Metric(key, float(value), int(now * 1000), step or 0) for key, value in metrics.items()]
         self.tracked.metric_history.extend(batch)
+        self.tracked.metric_epochs.extend([epoch] * len(batch))
         if self.tracked.broken is None and now - self._last_send >= SEND_EVERY_S:
-            unsent = self.tracked.metric_history[self._sent :]
-            self._sent, self._last_send = len(self.tracked.metric_history), now
-            for start in range(0, len(unsent), 1000):  # MLflow's batch limit
-                self.experiment.log_batch(run_id=self.run_id, metrics=unsent[start : start + 1000], synchronous=False)
+            self._send(now)
+
+    def checkpointed(self, epoch: int) -> None:
+        """last.ckpt now holds `epoch`: its points may go out (see LastCheckpoint)."""
+        self.tracked.checkpointed_epoch = epoch
+
+    def _send(self, now: float) -> None:
+        # Only points of epochs that last.ckpt holds: were the run stopped now, resume would train the later
+        # epochs again and log them a second time.
+        covered = self.tracked.covered
+        unsent = self.tracked.metric_history[self._sent : covered]
+        self._sent, self._last_send = max(self._sent, covered), now
+        for start in range(0, len(unsent), 1000):  # MLflow's batch limit
+            self.experiment.log_batch(run_id=self.run_id, metrics=unsent[start : start + 1000], synchronous=False)
 
     def log_hyperparams(self, params) -> None:
         pass
