@@ -16,7 +16,8 @@ commands:
                       (`trainwise train --help` lists the config groups and their options)
   report [--sweep RUN_ID | --experiment NAME] [--out DIR]
                       the comparison table and plots, rebuilt from MLflow (default: the newest sweep)
-  reproduce RUN_ID    run a logged run again from its logged config; compare the metrics (exit 1 if they differ)
+  reproduce RUN_ID    run a logged run again from its logged config; compare the metrics (exit 1 if they differ
+                      or if the run logged none to compare)
   ui                  the MLflow UI for the configured store, on 127.0.0.1
 """
 
@@ -99,7 +100,8 @@ def _reproduce(args: list[str]) -> int:
         "--tolerance",
         type=float,
         default=None,
-        help="max absolute metric difference (default: 0 when deterministic on CPU, else 0.01)",
+        help="accuracies may differ by T (absolute), losses by T times the original (relative); parameter counts "
+        "must match (default: 0 when deterministic on CPU, else 0.01)",
     )
     opts = parser.parse_args(args)
     from trainwise.reproduce import reproduce

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -9,7 +10,18 @@ from omegaconf import OmegaConf
 
 from trainwise.replay import find_run, logged_config
 
-COMPARED = ("test/acc", "test/loss", "val/acc_best", "model/params_total", "model/params_trainable")
+# How each compared metric may differ: accuracies by an absolute amount (0.01 = one point), losses relative to
+# the original (a loss's scale depends on the task), parameter counts not at all (the same architecture).
+COMPARED = {
+    "test/acc": "absolute",
+    "test/loss": "relative",
+    "val/acc_best": "absolute",
+    "model/params_total": "exact",
+    "model/params_trainable": "exact",
+}
+# What a run logs when it ends FINISHED (a KILLED or FAILED run has none of them; parameter counts prove nothing).
+OUTCOMES = ("test/acc", "test/loss", "val/acc_best")
+DEFAULT_TOLERANCE = 0.01  # where runs are not bitwise repeatable: one accuracy point, 1 % of the loss
 # Tags that say which code produced a run: a difference is worth a warning, not a refusal.
 _PROVENANCE = ("mlflow.source.git.commit", "trainwise.git_dirty")
 
@@ -21,6 +33,13 @@ def reproduce(run_id: str, tracking_uri: str, trust: bool = False, tolerance: fl
 
     store = open_store(tracking_uri)
     original = find_run(store, run_id)
+    if not any(key in original.data.metrics for key in OUTCOMES):
+        print(
+            f"Nothing to compare: run {run_id} ended {original.info.status} and logged none of {', '.join(OUTCOMES)}"
+            + (f"; `trainwise train resume={run_id}` continues it" if original.info.status == "KILLED" else ""),
+            file=sys.stderr,
+        )
+        return 1
     cfg = logged_config(store, run_id, trust=trust)
     OmegaConf.set_struct(cfg, False)
     cfg.tracking.uri = store.uri
@@ -47,7 +66,7 @@ def reproduce(run_id: str, tracking_uri: str, trust: bool = False, tolerance: fl
     )
 
     exact = bool(cfg.deterministic) and cfg.accelerator.accelerator in ("cpu", "auto") and not _cuda()
-    allowed = tolerance if tolerance is not None else (0.0 if exact else 0.01)
+    allowed = tolerance if tolerance is not None else (0.0 if exact else DEFAULT_TOLERANCE)
     return _compare(original.data.metrics, result.metrics, allowed, run_id, result.run_id)
 
 
@@ -62,20 +81,28 @@ def _provenance_warnings(logged: dict[str, str], now: dict[str, str]) -> list[st
 
 
 def _compare(before: dict[str, float], after: dict[str, float], tolerance: float, old: str, new: str) -> int:
+    """0 if every outcome both runs logged is within the tolerance (see COMPARED), 1 if one differs or if there is
+    no outcome to compare."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"reproduce {old[:8]} -> {new[:8]} (tolerance {tolerance:g})")
-    for column in ("metric", "original", "reproduced", "difference", ""):
+    for column in ("metric", "original", "reproduced", "difference", "allowed", ""):
         table.add_column(column, justify="right")
-    differ = False
-    for key in COMPARED:
+    differ, compared = False, []
+    for key, kind in COMPARED.items():
         if key not in before or key not in after:
             continue
+        compared.append(key)
         delta = after[key] - before[key]
-        ok = abs(delta) <= tolerance
+        allowed = {"absolute": tolerance, "relative": tolerance * abs(before[key]), "exact": 0.0}[kind]
+        ok = abs(delta) <= allowed
         differ |= not ok
-        table.add_row(key, f"{before[key]:.6g}", f"{after[key]:.6g}", f"{delta:+.3g}", "ok" if ok else "DIFFERS")
+        cells = (f"{before[key]:.6g}", f"{after[key]:.6g}", f"{delta:+.3g}", f"{allowed:.3g}")
+        table.add_row(key, *cells, "ok" if ok else "DIFFERS")
+    if not any(key in compared for key in OUTCOMES):
+        print(f"Nothing to compare: the runs share none of {', '.join(OUTCOMES)}.")
+        return 1
     Console().print(table)
     print("Metrics differ beyond the tolerance." if differ else "Metrics match.")
     return 1 if differ else 0
