@@ -55,8 +55,9 @@ class ClassificationModule(pl.LightningModule):
         if num_classes >= 5:
             self.test_extras["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
-        # Counts non-finite training losses on the device; read every CHECK_EVERY steps, not every step.
-        self.register_buffer("nonfinite_losses", torch.zeros((), dtype=torch.int64), persistent=False)
+        # Counts non-finite training losses on the device; read every CHECK_EVERY steps, not every step. A plain
+        # tensor, not a buffer: DDP broadcasts buffers from rank 0 at each forward, which would erase other ranks'.
+        self.nonfinite_losses = torch.zeros((), dtype=torch.int64)
 
     def forward(self, x):
         if self.features_cached:
@@ -101,6 +102,9 @@ class ClassificationModule(pl.LightningModule):
         self.samples_trained += len(batch[1])
         return loss
 
+    def on_train_start(self):
+        self.nonfinite_losses = torch.zeros((), dtype=torch.int64, device=self.device)  # not moved with the module
+
     def on_train_epoch_start(self):
         # After the callbacks' hook: a group UnfreezeBackbone added now takes the schedule's LR from its first step.
         for config in self.trainer.lr_scheduler_configs:
@@ -116,7 +120,10 @@ class ClassificationModule(pl.LightningModule):
         self._log_epoch("train")
 
     def _stop_if_diverged(self) -> None:
-        if int(self.nonfinite_losses) > 0:  # the one host sync, every CHECK_EVERY steps
+        diverged = int(self.nonfinite_losses) > 0  # the one host sync, every CHECK_EVERY steps
+        # Decided over the ranks (every rank checks at the same steps): under DDP, a rank that raised alone would
+        # leave the others in their next collective (gloo: connection reset; NCCL: a hang).
+        if self.trainer.strategy.reduce_boolean_decision(diverged, all=False):
             raise FloatingPointError(
                 f"train/loss became NaN or infinite by step {self.global_step}: training stopped. "
                 "Lower optimizer.lr, set trainer.gradient_clip_val, or check the data."
