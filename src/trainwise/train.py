@@ -189,7 +189,9 @@ def _train_and_log(cfg: DictConfig, ctx: JobContext, store, world=None, plan: Pl
             from trainwise.data.features import cache_features
 
             device = "cuda" if accelerator.on_gpu(cfg.accelerator) else "cpu"
-            datamodule = cache_features(datamodule, net.backbone, device=device)
+            datamodule = cache_features(
+                datamodule, net.backbone, device=device, precision=accelerator.precision(cfg.accelerator)
+            )
         tracked.set_tags({"trainwise.cached_features": str(cached).lower()})
         caching_seconds = time.perf_counter() - prepared
         channels_last = accelerator.channels_last(cfg.accelerator)
