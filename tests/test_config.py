@@ -165,3 +165,40 @@ def test_mask_text_masks_secrets_inside_free_text_such_as_a_traceback(monkeypatc
         assert kept in masked, kept
     assert mask_text("optimizer.lr=0.1") == "optimizer.lr=0.1"
     assert mask_text("+extra.db_password=hunter2") == "+extra.db_password=***"
+
+
+def _cli_env(cwd, env_uri: str, *args: str) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": env_uri}
+    command = [sys.executable, "-m", "trainwise", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+@pytest.mark.slow  # a whole training run in a new process: ~20-30 s on 2 busy cores
+def test_tracking_uri_typed_on_the_command_line_wins_over_the_environment(tmp_path):
+    from mlflow import MlflowClient
+
+    env_uri, cli_uri = f"sqlite:///{tmp_path / 'env.db'}", f"sqlite:///{tmp_path / 'cli.db'}"
+    result = _cli_env(tmp_path, env_uri, "train", f"tracking.uri={cli_uri}", "profile=smoke")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "env.db").exists()
+    client = MlflowClient(tracking_uri=cli_uri)
+    assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == 1
+
+
+def test_an_unreachable_server_typed_on_the_command_line_is_not_replaced_by_the_environment(tmp_path):
+    env_uri = f"sqlite:///{tmp_path / 'env.db'}"
+    down = _cli_env(tmp_path, env_uri, "train", "tracking.uri=http://127.0.0.1:9/", "profile=smoke")
+    assert down.returncode == 2
+    (line,) = down.stderr.strip().splitlines()
+    assert line.startswith("error: cannot reach the MLflow tracking store http://127.0.0.1:9/")
+    assert not (tmp_path / "env.db").exists()
+
+
+def test_tracking_uri_option_wins_over_the_environment_and_the_environment_over_the_default(tmp_path):
+    env_uri, cli_uri = f"sqlite:///{tmp_path / 'env.db'}", f"sqlite:///{tmp_path / 'cli.db'}"
+    typed = _cli_env(tmp_path, env_uri, "report", "--tracking-uri", cli_uri)
+    assert typed.returncode == 2 and f"no sweep in {cli_uri}" in typed.stderr, typed.stderr[-2000:]
+    from_env = _cli_env(tmp_path, env_uri, "report")
+    assert from_env.returncode == 2 and f"no sweep in {env_uri}" in from_env.stderr, from_env.stderr[-2000:]

@@ -21,7 +21,8 @@ commands:
   ui                  the MLflow UI for the configured store, on 127.0.0.1
 """
 
-_TRACKING_HELP = "default: $MLFLOW_TRACKING_URI or ./mlflow.db"
+_TRACKING_HELP = "wins over $MLFLOW_TRACKING_URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
+_DEFAULT_URI = "sqlite:///mlflow.db"
 _COMMANDS = "train, report, reproduce, ui"
 
 
@@ -58,7 +59,25 @@ def _train(args: list[str]) -> int:
     from trainwise.train import hydra_main
 
     check_overrides(args)
+    if any(arg.lstrip("+~").split("=", 1)[0] == "tracking.uri" for arg in args if "=" in arg):
+        _typed_uri_wins()
     return hydra_main(args)
+
+
+def _typed_uri_wins() -> None:
+    """A tracking URI typed on the command line wins over MLFLOW_TRACKING_URI, which wins over the configs'
+    default (store.resolve_uri). Dropping the variable here, before Hydra runs, covers every reader in this
+    process and in the ones it starts (sweep workers, DDP ranks, the re-run of `reproduce`)."""
+    import os
+
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def _tracking_uri(opts: argparse.Namespace) -> str:
+    if opts.tracking_uri is None:
+        return _DEFAULT_URI  # store.resolve_uri prefers MLFLOW_TRACKING_URI to it
+    _typed_uri_wins()
+    return opts.tracking_uri
 
 
 def _report(args: list[str]) -> int:
@@ -67,7 +86,7 @@ def _report(args: list[str]) -> int:
     which.add_argument("--sweep", metavar="PARENT_RUN_ID", help="a sweep's parent run (default: the newest sweep)")
     which.add_argument("--experiment", metavar="NAME", help="every trainwise run of an MLflow experiment")
     parser.add_argument("--out", default="trainwise-report", help="folder for report.md, report.html and the PNGs")
-    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help=_TRACKING_HELP)
+    parser.add_argument("--tracking-uri", default=None, help=_TRACKING_HELP)
     opts = parser.parse_args(args)
 
     from pathlib import Path
@@ -75,7 +94,7 @@ def _report(args: list[str]) -> int:
     from trainwise.report import build_report
     from trainwise.tracking import open_store
 
-    store = open_store(opts.tracking_uri)
+    store = open_store(_tracking_uri(opts))
     sweep = opts.sweep
     if not sweep and not opts.experiment:
         sweeps = store.client.search_runs(
@@ -94,7 +113,7 @@ def _report(args: list[str]) -> int:
 def _reproduce(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="trainwise reproduce", description="Re-run a logged run and compare.")
     parser.add_argument("run_id")
-    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help=_TRACKING_HELP)
+    parser.add_argument("--tracking-uri", default=None, help=_TRACKING_HELP)
     parser.add_argument("--trust", action="store_true", help="allow _target_ values outside the allowlist")
     parser.add_argument(
         "--tolerance",
@@ -106,21 +125,21 @@ def _reproduce(args: list[str]) -> int:
     opts = parser.parse_args(args)
     from trainwise.reproduce import reproduce
 
-    return reproduce(opts.run_id, opts.tracking_uri, trust=opts.trust, tolerance=opts.tolerance)
+    return reproduce(opts.run_id, _tracking_uri(opts), trust=opts.trust, tolerance=opts.tolerance)
 
 
 def _ui(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="trainwise ui", description="Open the MLflow UI on the tracking store.")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=5000)
-    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help=_TRACKING_HELP)
+    parser.add_argument("--tracking-uri", default=None, help=_TRACKING_HELP)
     opts = parser.parse_args(args)
 
     import subprocess
 
     from trainwise.tracking.store import resolve_uri, runs_table_url, sqlite_path
 
-    uri = resolve_uri(opts.tracking_uri)
+    uri = resolve_uri(_tracking_uri(opts))
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise UserError(f"no MLflow store at {db}; run `make demo` or `trainwise train` here first")

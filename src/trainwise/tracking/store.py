@@ -18,7 +18,10 @@ EXPERIMENT_KIND = "custom_model_development"
 
 
 def resolve_uri(configured: str) -> str:
-    """MLFLOW_TRACKING_URI wins; a relative sqlite path is made absolute against the working folder."""
+    """MLFLOW_TRACKING_URI wins over a URI from the configs; a relative sqlite path is made absolute against the
+    working folder. A URI typed on the command line wins over both: the CLI drops MLFLOW_TRACKING_URI from the
+    environment when it sees one (cli._typed_uri_wins), so this function needs no word of where `configured`
+    came from."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str((Path.cwd() / uri[len("sqlite:///") :]).resolve())
