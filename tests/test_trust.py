@@ -72,12 +72,15 @@ def test_targets_are_checked_at_every_depth_and_by_exact_name():
         "c": {"_target_": "torch.optim.Adam.__init__"},  # a prefix of an allowed name is not that name
         "d": {"_target_": "${oc.env:EVIL}"},  # an interpolation is not an allowed name either
         "e": {"_target_": "torch.utils.cpp_extension.load_inline"},
+        "f": {"_target_": "torch.optim.RMSprop"},  # any optimizer class of torch.optim, as the README offers
+        "g": {"_target_": "torch.optim.lr_scheduler.LambdaLR"},  # but nothing else under torch.optim
     }
     assert replay.untrusted_targets(tree) == [
         "a[0].b._target_=builtins.exec",
         "c._target_=torch.optim.Adam.__init__",
         "d._target_=${oc.env:EVIL}",
         "e._target_=torch.utils.cpp_extension.load_inline",
+        "g._target_=torch.optim.lr_scheduler.LambdaLR",
     ]
 
 

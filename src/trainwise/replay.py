@@ -15,11 +15,26 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainwise.errors import UserError
 
-# Every `_target_` in conf/ and experiments/ (tests/test_trust.py checks that this stays so). Exact names, not
-# namespaces: torch alone holds torch.hub.load and torch.utils.cpp_extension.load_inline.
+# Every `_target_` in conf/ and experiments/ (tests/test_trust.py checks that this stays so), plus the other
+# optimizer classes of torch.optim (README: `optimizer._target_` takes any). Exact names, not namespaces: torch
+# alone holds torch.hub.load and torch.utils.cpp_extension.load_inline.
 ALLOWED_TARGETS = frozenset(
     {"torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD", "trainwise.sweep.SweepCallback"}
 )
+
+
+def allowed_target(target) -> bool:
+    if not isinstance(target, str):
+        return False
+    if target in ALLOWED_TARGETS:
+        return True
+    name = target.removeprefix("torch.optim.")
+    if name == target or not name.isidentifier():
+        return False
+    import torch
+
+    candidate = getattr(torch.optim, name, None)
+    return isinstance(candidate, type) and issubclass(candidate, torch.optim.Optimizer)
 
 
 def find_run(store, run_id: str):
@@ -33,8 +48,7 @@ def untrusted_targets(node, path: str = "") -> list[str]:
     """Dotted keys whose `_target_` is not an allowed callable (an interpolation is not one either)."""
     found = []
     if isinstance(node, dict):
-        target = node.get("_target_", "")
-        if "_target_" in node and not (isinstance(target, str) and target in ALLOWED_TARGETS):
+        if "_target_" in node and not allowed_target(node["_target_"]):
             found.append(f"{path or '<root>'}._target_={node['_target_']}")
         for key, value in node.items():
             found += untrusted_targets(value, f"{path}.{key}" if path else str(key))
