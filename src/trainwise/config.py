@@ -174,16 +174,20 @@ def mask_text(text: str) -> str:
 
     text = str(text)
     # Longest first, so that a value containing another is masked whole.
-    values = sorted(
-        {v for k, v in os.environ.items() if _names_secret(k) and len(v) >= 4 and v.lower() not in _NOT_SECRET_VALUES},
-        key=len,
-        reverse=True,
-    )
+    values = sorted((v for k, v in os.environ.items() if _names_secret(k) and _may_be_secret(v)), key=len, reverse=True)
     for value in values:
         text = text.replace(value, MASK)
     text = _URI_PASSWORD.sub(lambda m: m.group("head") + MASK + m.group("at"), text)
     text = _AUTH_HEADER.sub(lambda m: f"{m.group('scheme')} {MASK}", text)
     return _NAMED_SECRET.sub(_mask_named, text)
+
+
+def _may_be_secret(value: str) -> bool:
+    """Too short, a yes/no word, or an existing path (GNUPGHOME-like variables, a key *file*): masking those would
+    blank unrelated text, such as every data path under /root in a logged config."""
+    import os
+
+    return len(value) >= 4 and value.lower() not in _NOT_SECRET_VALUES and not os.path.exists(value)
 
 
 def _mask_named(match: re.Match) -> str:
