@@ -127,3 +127,74 @@ def test_ctrl_c_on_rank_0_stops_every_rank_and_the_run_resumes_under_ddp(tmp_pat
     client, (resumed,) = runs(tmp_path)
     assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
     assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 300
+
+
+@pytest.mark.slow
+def test_a_ddp_sweep_parent_covers_every_job_and_other_ranks_never_touch_the_store(tmp_path):
+    """Rank 1 inherited the sweep's parent-run variables and ended the parent (with a report of job 0 only)
+    when its own process ended, before job 1 started."""
+    command = [sys.executable, "-m", "trainwise", "train", "-m", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    sweep = ["accelerator=ddp_cpu", "profile=smoke", "seed=0,1"]
+    done = subprocess.run([*command, *sweep], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client = mlflow_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("trainwise").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.`trainwise.role` = 'sweep'")
+    jobs = client.search_runs([experiment], "tags.`trainwise.role` = 'job'", order_by=["attributes.start_time ASC"])
+    assert len(jobs) == 2 and all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in jobs)
+    assert parent.info.status == "FINISHED"
+    assert parent.info.end_time >= max(r.info.end_time for r in jobs)  # ended after the last job, not the first
+    report = (tmp_path / parent.data.tags["trainwise.sweep_dir"] / "report" / "report.md").read_text()
+    (row,) = [line for line in report.splitlines() if line.startswith("| scratch")]
+    assert row.rstrip(" |").endswith("| 2"), row  # the "runs" column: both jobs
+    for job in jobs:
+        rank1 = (Path(job.data.tags["trainwise.job_dir"]) / "ddp" / "rank1.log").read_text()
+        assert "Sweep parent" not in rank1 and "test acc" not in rank1.lower(), rank1[-2000:]
+
+
+@pytest.mark.slow
+def test_a_rank_0_config_error_under_ddp_ends_at_once(tmp_path):
+    """The other ranks waited 2 minutes at a barrier rank 0 never reached."""
+    import time
+
+    command = [sys.executable, "-m", "trainwise", "train", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    bad = ["accelerator=ddp_cpu", "dataset=imagefolder", f"dataset.root={tmp_path / 'no-such-folder'}"]
+    started = time.monotonic()
+    done = subprocess.run([*command, *bad], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    took = time.monotonic() - started
+    assert done.returncode == 2 and "is not a folder" in done.stderr.strip().splitlines()[-1], done.stderr[-2000:]
+    assert took < 60, f"{took:.0f} s for a one-line error"
+
+
+def test_ranks_decide_together_when_last_ckpt_is_due():
+    """Each rank's clock said whether last.ckpt was due; a rank that saved waited alone in the checkpoint's
+    barrier while the other trained on (both hung). Rank 0's decision is broadcast."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from trainwise.callbacks import BestCheckpoint, LastCheckpoint
+
+    saved = []
+    last = LastCheckpoint("/tmp/x", every_s=30, best=BestCheckpoint("/tmp/x"))
+    last._saved_at = -1e9  # this rank's clock: long due
+    rank0_says = SimpleNamespace(broadcast=lambda value, src=0: False)  # rank 0's clock: not due yet
+    trainer = SimpleNamespace(should_stop=False, current_epoch=3, max_epochs=10, world_size=2, strategy=rank0_says)
+    original = ModelCheckpoint.on_train_epoch_end
+    ModelCheckpoint.on_train_epoch_end = lambda self, trainer, module: saved.append(trainer.current_epoch)
+    try:
+        last.on_train_epoch_end(trainer, None)
+    finally:
+        ModelCheckpoint.on_train_epoch_end = original
+    assert saved == []
+
+
+def test_local_ranks_share_the_cores_this_process_may_use(monkeypatch):
+    import os
+
+    from trainwise.distributed import threads_per_rank
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # the machine
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)  # what SLURM gave us
+    assert threads_per_rank(2) == 2
+    assert threads_per_rank(8) == 1

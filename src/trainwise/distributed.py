@@ -40,6 +40,7 @@ class World:
     world_size: int = 1
     children: list[subprocess.Popen] = field(default_factory=list)  # local ranks this process started
     plan_sent: bool = False
+    trained: bool = False  # a plan went out (rank 0) or came in: the ranks train together and meet at the end
 
     @property
     def is_zero(self) -> bool:
@@ -53,10 +54,13 @@ class World:
         """Rank 0: what every rank trains (None: nothing, e.g. the run failed before training)."""
         if self.distributed and not self.plan_sent:
             _broadcast(plan)
+            self.trained = plan is not None
         self.plan_sent = True
 
     def receive_plan(self):
-        return _broadcast(None)
+        plan = _broadcast(None)
+        self.trained = plan is not None
+        return plan
 
     def total(self, value: float) -> float:
         """The sum of `value` over all ranks (every rank must call it)."""
@@ -92,18 +96,21 @@ def ranks(accelerator_cfg, job_dir: Path, overrides: list[str]):
         yield world
         if world.is_zero:
             world.send_plan(None)  # a no-op when the plan went out
-        if world.distributed:  # every rank's collectives are done before any rank tears its group down
+        if world.trained:  # every rank's collectives are done before any rank tears its group down
             import torch.distributed as dist
 
             dist.barrier()
     except BaseException:
+        failed = True
         if world.is_zero and not world.plan_sent:
-            _release_quietly(world)
+            _release_quietly(world)  # the others learn there is nothing to train, and end
         raise
+    else:
+        failed = False
     finally:
         if watcher is not None:
             watcher.done.set()
-        _close(world)
+        _close(world, failed)
         for key, value in saved.items():  # a later job of this process may not be DDP
             if value is None:
                 os.environ.pop(key, None)
@@ -183,7 +190,7 @@ def _start_local_ranks(per_node: int, job_dir: Path, overrides: list[str]) -> Wo
     if "OMP_NUM_THREADS" not in os.environ:  # as Lightning's own launcher does: ranks share the cores, not each all
         import torch
 
-        threads = max(1, (os.cpu_count() or 1) // per_node)
+        threads = threads_per_rank(per_node)
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
     job_dir = job_dir.resolve()
@@ -191,12 +198,25 @@ def _start_local_ranks(per_node: int, job_dir: Path, overrides: list[str]) -> Wo
     logs.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "trainwise", "train", *overrides, "hydra.mode=RUN",
                f"hydra.run.dir={job_dir}", "hydra.output_subdir=null", "hydra/job_logging=disabled"]  # fmt: skip
+    # The other ranks never touch the tracking store: nothing that names a store or the sweep's parent run goes
+    # to them (a rank that saw the sweep's variables would end the parent run when its own process ends).
+    from trainwise.sweep import SWEEP_RUN_ENV, SWEEP_STORE_ENV
+
+    private = {SWEEP_RUN_ENV, SWEEP_STORE_ENV, "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID"}
+    shared = {k: v for k, v in os.environ.items() if k not in private}
     children = []
     for local_rank in range(1, per_node):
-        env = os.environ | {"LOCAL_RANK": str(local_rank), "RANK": str(local_rank)}
+        env = shared | {"LOCAL_RANK": str(local_rank), "RANK": str(local_rank)}
         with open(logs / f"rank{local_rank}.log", "w") as out:
             children.append(subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT))
     return World(rank=0, world_size=per_node, children=children)
+
+
+def threads_per_rank(ranks: int) -> int:
+    """The CPU threads each local rank gets: the cores this process may run on (its affinity, as Lightning reads
+    it; a SLURM or container CPU limit is smaller than the machine's count), shared out."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // ranks)
 
 
 def _free_port() -> int:
@@ -242,14 +262,19 @@ def _release_quietly(world: World) -> None:
         pass
 
 
-def _close(world: World) -> None:
+def _close(world: World, failed: bool = False) -> None:
+    """Wait for the local ranks (they end right after the last barrier) and close the group. When rank 0 failed,
+    the others are stopped: they may be waiting in a collective rank 0 will never join."""
     import torch.distributed as dist
 
     for child in world.children:
+        if failed and child.poll() is None:
+            child.terminate()
         try:
-            child.wait(timeout=120)
+            child.wait(timeout=10 if failed else 120)
         except subprocess.TimeoutExpired:
             child.kill()
+            child.wait()
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -273,7 +298,23 @@ class _Watcher(threading.Thread):
                     for other in self.world.children:
                         if other.poll() is None:
                             other.kill()
+                    _abort_collectives()
                     return
+
+
+def _abort_collectives() -> None:
+    """Rank 0 itself may be waiting in a collective with the dead rank. Gloo notices (the connection resets);
+    NCCL would wait out the group's timeout (60 minutes), so its communicators are aborted: rank 0's pending
+    collective fails, and the run ends FAILED. (Not exercised by the tests: they have no GPU.)"""
+    import torch.distributed as dist
+
+    try:
+        if dist.is_initialized() and dist.get_backend() == "nccl":
+            from torch.distributed.distributed_c10d import _abort_process_group
+
+            _abort_process_group()
+    except Exception:  # noqa: BLE001 - best effort: the group may be gone already
+        pass
 
 
 def _watch(world: World, job_dir: Path) -> _Watcher:

@@ -74,7 +74,10 @@ def active_sweep_run() -> str | None:
 
 
 def finish_sweep(interrupted: bool = False) -> None:
-    """End the active sweep's parent run (once): report, best trial, then FINISHED, FAILED or KILLED."""
+    """End the active sweep's parent run (once): report, best trial, then FINISHED, FAILED or KILLED. Never on a
+    DDP rank other than 0 (started by SLURM or torchrun with the sweep's variables inherited)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     run_id, uri = os.environ.pop(SWEEP_RUN_ENV, None), os.environ.pop(SWEEP_STORE_ENV, None)
     if not run_id or not uri:
         return
