@@ -88,3 +88,20 @@ def test_full_runs_are_registered_and_models_uri_finds_them(tmp_path, store_uri)
     assert client.get_run(latest.run_id).data.tags["trainwise.foundation_run"] == full.run_id
     with pytest.raises(UserError, match="no such registered model"):
         run_job(tmp_path / "bad", store_uri, "strategy=finetune", "strategy.pretrained=models:/nope@latest")
+
+
+def test_a_finetune_from_a_logged_foundation_leaves_no_downloaded_copy_behind(tmp_path, store_uri, monkeypatch):
+    """Each fine-tune downloaded the foundation's best.ckpt into a new temporary folder it never deleted."""
+    import tempfile
+
+    from conftest import run_job
+
+    full = run_job(tmp_path / "full", store_uri, "strategy=full")
+    scratch_tmp = tmp_path / "tmp"
+    scratch_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_tmp))
+    for n in range(2):
+        run_job(tmp_path / f"tune{n}", store_uri, "strategy=finetune",
+                f"strategy.pretrained=runs:/{full.run_id}/checkpoints/best.ckpt")  # fmt: skip
+    left = [p for p in scratch_tmp.rglob("*.ckpt")]
+    assert left == []

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,9 +158,12 @@ def _from_run_artifact(uri: str, store) -> Foundation:
         store.client.get_run(run_id)
     except Exception:  # noqa: BLE001
         raise UserError(f"strategy.pretrained={uri}: there is no run {run_id!r} in {store.uri}") from None
-    try:
-        local = download_artifacts(artifact_uri=uri, tracking_uri=store.uri)
-    except Exception as err:  # noqa: BLE001
-        raise UserError(f"strategy.pretrained={uri}: cannot download it ({str(err).splitlines()[0]})") from None
-    backbone, meta = load_weights_file(Path(local))
+    # Into a folder removed once the weights are in memory: each fine-tune of a sweep used to leave its own copy
+    # behind (about 0.5 GB for vgg16).
+    with tempfile.TemporaryDirectory(prefix="trainwise-foundation-") as folder:
+        try:
+            local = download_artifacts(artifact_uri=uri, dst_path=folder, tracking_uri=store.uri)
+        except Exception as err:  # noqa: BLE001
+            raise UserError(f"strategy.pretrained={uri}: cannot download it ({str(err).splitlines()[0]})") from None
+        backbone, meta = load_weights_file(Path(local))
     return Foundation(backbone, source=uri, run_id=run_id, meta=meta)
