@@ -27,7 +27,8 @@ def runs(tmp_path: Path):
 
 
 def test_ddp_cpu_finetune_with_frozen_backbone_is_one_run_with_each_sample_once_per_epoch(tmp_path):
-    train(tmp_path, "strategy=full")
+    # The foundation's hash counts the ranks (they set the global batch): a DDP fine-tune uses a DDP foundation.
+    train(tmp_path, "strategy=full", "accelerator=ddp_cpu")
     # The backbone is frozen and run every step (no feature cache), so DDP sees parameters without gradients.
     frozen = ["strategy=finetune", "strategy.freeze=backbone", "strategy.cache_features=false"]
     train(tmp_path, "accelerator=ddp_cpu", *frozen)

@@ -139,7 +139,7 @@ class LastCheckpoint(EpochCheckpoint):
             due = trainer.strategy.broadcast(due, src=0)
         if final or due:
             samples = trainer.strategy.reduce(
-                torch.tensor(float(pl_module.samples_trained), device=pl_module.device), reduce_op="sum"
+                torch.tensor(float(getattr(pl_module, "samples_trained", 0)), device=pl_module.device), reduce_op="sum"
             )
             self._progress = {
                 "fit_seconds": self.fit_seconds(),
