@@ -10,7 +10,6 @@ import logging
 import math
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -93,12 +92,39 @@ def _lead(cfg: DictConfig, ctx: JobContext, world) -> RunResult:
         return _train_and_log(strategies.effective_config(cfg), ctx, store, world, Plan(resume=point))
     cfg = strategies.effective_config(cfg)
     if cfg.sweep.skip_finished:
-        done = _finished_twin(cfg, store, ctx.parent_run_id)
+        done = _finished_twin(cfg, store, ctx)
         if done is not None:
             return done
-    lock = _foundation_lock(store, strategies.foundation_hash(cfg)) if cfg.strategy.data == "source" else nullcontext()
-    with lock:
+    if cfg.strategy.data == "source":
+        return _train_foundation(cfg, ctx, store, world)
+    return _train_and_log(cfg, ctx, store, world)
+
+
+def _train_foundation(cfg: DictConfig, ctx: JobContext, store, world) -> RunResult:
+    """A `full` run holds the foundation lock while it trains, so a parallel fine-tune waiting for the same
+    foundation reuses it instead of training a second one. The other way round too: a `full` job that waited
+    while a parallel fine-tune trained this very foundation on the side reuses that run. Two explicit `full`
+    jobs of one foundation (two seeds, say) both train: the user asked for both."""
+    from trainwise import strategies
+    from trainwise.tracking import find_foundation_run
+
+    wanted = strategies.foundation_hash(cfg)
+    before = find_foundation_run(store, wanted)  # compared by id, not by time: machines' clocks may differ
+    with _foundation_lock(store, wanted):
+        found = find_foundation_run(store, wanted)
+        trained_on_the_side = found is not None and "trainwise.trained_for" in found.data.tags
+        if trained_on_the_side and (before is None or found.info.run_id != before.info.run_id):
+            said = f"full: skipped, run {found.info.run_id} of a parallel job trained foundation {wanted} meanwhile"
+            return _reuse(found, ctx, store, said)
         return _train_and_log(cfg, ctx, store, world)
+
+
+def _reuse(twin, ctx: JobContext, store, said: str) -> RunResult:
+    """A finished run stands in for this job; the report of its sweep covers it too."""
+    if ctx.parent_run_id:
+        store.client.set_tag(ctx.parent_run_id, f"trainwise.reused.{twin.info.run_id}", "true")
+    print(said, flush=True)
+    return RunResult(twin.info.run_id, twin.info.experiment_id, dict(twin.data.metrics))
 
 
 def _check_same_ranks(cfg: DictConfig, world, asked) -> None:
@@ -298,7 +324,7 @@ def _record_failed_job(cfg: DictConfig, ctx: JobContext, store, err: Exception) 
         pass
 
 
-def _finished_twin(cfg: DictConfig, store, parent_run_id: str | None) -> RunResult | None:
+def _finished_twin(cfg: DictConfig, store, ctx: JobContext) -> RunResult | None:
     """sweep.skip_finished: a FINISHED run of the same config in the experiment stands in for this job."""
     from trainwise.tracking import find_finished_run
 
@@ -306,11 +332,8 @@ def _finished_twin(cfg: DictConfig, store, parent_run_id: str | None) -> RunResu
     twin = find_finished_run(store, experiment_id, config_hash(_identity(cfg)))
     if twin is None:
         return None
-    if parent_run_id:
-        # The report of this sweep covers the reused run too.
-        store.client.set_tag(parent_run_id, f"trainwise.reused.{twin.info.run_id}", "true")
-    print(f"{cfg.strategy.name}: skipped, finished run {twin.info.run_id} has the same config", flush=True)
-    return RunResult(twin.info.run_id, experiment_id, dict(twin.data.metrics))
+    said = f"{cfg.strategy.name}: skipped, finished run {twin.info.run_id} has the same config"
+    return _reuse(twin, ctx, store, said)
 
 
 def _identity(cfg: DictConfig) -> dict:
@@ -338,7 +361,9 @@ def _find_or_train_foundation(cfg: DictConfig, ctx: JobContext, store, finetune_
         print(f"No finished full run matches foundation {wanted}: training it first, as its own run.", flush=True)
         full_cfg = strategies.foundation_config(cfg)
         overrides = [o for o in ctx.overrides if not o.lstrip("+~").startswith("strategy")] + ["strategy=full"]
-        full_ctx = replace(ctx, job_dir=ctx.job_dir / "foundation", overrides=overrides)
+        # The tag tells a parallel `full` job waiting on the lock that this run was trained on the side.
+        tags = {**ctx.extra_tags, "trainwise.trained_for": finetune_run_id}
+        full_ctx = replace(ctx, job_dir=ctx.job_dir / "foundation", overrides=overrides, extra_tags=tags)
         return _train_and_log(full_cfg, full_ctx, store).run_id
 
 
@@ -377,10 +402,7 @@ def _log_confusion_matrix(tracked, matrix, class_names: list[str], job_dir: Path
 
 
 def _foundation_lock(store, foundation_hash: str):
-    from filelock import FileLock
-
-    store.lock_dir.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(store.lock_dir / f"foundation-{foundation_hash}.lock"))
+    return store.lock(f"foundation-{foundation_hash}")
 
 
 def _build_trainer(

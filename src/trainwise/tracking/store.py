@@ -46,15 +46,20 @@ class Store:
     uri: str
     client: object  # mlflow.MlflowClient
 
-    @property
-    def lock_dir(self) -> Path:
-        """Where parallel jobs on this store coordinate (beside a SQLite file; else the user's cache)."""
+    def lock(self, name: str):
+        """A lock that every job using this store shares, as a context manager. Beside a SQLite file, a file lock
+        (the jobs share that file's machine or filesystem); for a server, a lease held in the store itself
+        (tracking.lease), which jobs on other machines see and which expires if its holder dies."""
         db = sqlite_path(self.uri)
-        if db is not None:
-            return db.parent / (db.name + ".locks")
-        from trainwise.paths import cache_dir
+        if db is None:
+            from trainwise.tracking.lease import StoreLease
 
-        return cache_dir() / "locks"
+            return StoreLease(self.client, name)
+        from filelock import FileLock
+
+        lock_dir = db.parent / (db.name + ".locks")
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(lock_dir / f"{name}.lock"))
 
     def artifact_root(self, experiment: str) -> str | None:
         db = sqlite_path(self.uri)
