@@ -112,7 +112,10 @@ def _only_run(store_uri: str):
 
 
 def test_sigterm_while_the_data_loads_ends_the_run_killed(tmp_path, store_uri):
-    result = _child(tmp_path, store_uri, """
+    result = _child(
+        tmp_path,
+        store_uri,
+        """
         import trainwise.data
         build = trainwise.data.build_datamodule
         def slow_build(*args, **kwargs):
@@ -125,13 +128,17 @@ def test_sigterm_while_the_data_loads_ends_the_run_killed(tmp_path, store_uri):
             run_job(tmp, uri)
         except Interrupted as stopped:
             print("interrupted", stopped.run_id)
-    """)
+    """,
+    )
     assert "interrupted" in result.stdout, result.stderr[-3000:]
     assert _only_run(store_uri).info.status == "KILLED"
 
 
 def test_a_second_sigterm_stops_a_hung_job_at_once(tmp_path, store_uri):
-    result = _child(tmp_path, store_uri, """
+    result = _child(
+        tmp_path,
+        store_uri,
+        """
         from trainwise.module import ClassificationModule
         step = ClassificationModule.training_step
         def hang(self, batch, batch_idx):
@@ -147,7 +154,9 @@ def test_a_second_sigterm_stops_a_hung_job_at_once(tmp_path, store_uri):
             run_job(tmp, uri)
         except Interrupted as stopped:
             print("interrupted", stopped.run_id)
-    """, timeout=90)
+    """,
+        timeout=90,
+    )
     assert "interrupted" in result.stdout, result.stderr[-3000:]
     assert _only_run(store_uri).info.status == "KILLED"
 
@@ -156,7 +165,10 @@ def test_ctrl_c_while_the_run_is_being_ended_still_ends_it_killed_with_the_resum
     """A second Ctrl+C while MLflow's queue is flushed (slow against a remote server) used to leave the run
     RUNNING. Through the CLI, as a user at a shell would."""
     store_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = _child(tmp_path, store_uri, """
+    result = _child(
+        tmp_path,
+        store_uri,
+        """
         import trainwise.tracking.run as tracking_run
         flush = tracking_run._flush_async_logging
         def slow_flush(client):
@@ -166,7 +178,8 @@ def test_ctrl_c_while_the_run_is_being_ended_still_ends_it_killed_with_the_resum
         tracking_run._flush_async_logging = slow_flush
         from trainwise.cli import main
         main(["train", "profile=smoke", f"tracking.uri={uri}", f"hydra.run.dir={tmp / 'job'}"])
-    """)
+    """,
+    )
     run = _only_run(store_uri)
     assert run.info.status == "KILLED", result.stderr[-3000:]
     assert f"trainwise train resume={run.info.run_id}" in result.stdout

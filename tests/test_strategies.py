@@ -1,4 +1,4 @@
-"""Each strategy end to end on profile=smoke, checked against the MLflow contract in DESIGN.md."""
+"""Each strategy end to end on profile=smoke, checked against what the README says MLflow holds for each run."""
 
 from __future__ import annotations
 
