@@ -26,6 +26,7 @@ def runs(tmp_path: Path):
     return client, client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
 
 
+@pytest.mark.slow  # ~40 s (a DDP foundation, then the DDP fine-tune): kept out of `make test` for its 10 minutes
 def test_ddp_cpu_finetune_with_frozen_backbone_is_one_run_with_each_sample_once_per_epoch(tmp_path):
     # The foundation's hash counts the ranks (they set the global batch): a DDP fine-tune uses a DDP foundation.
     train(tmp_path, "strategy=full", "accelerator=ddp_cpu")

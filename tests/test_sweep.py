@@ -117,6 +117,7 @@ def test_optuna_sweep_records_the_best_trial_on_the_parent(tmp_path):
     assert parent.data.metrics["best/val_acc"] == best.data.metrics["val/acc_best"]
 
 
+@pytest.mark.slow  # ~19 s: kept out of `make test` to hold it under 10 minutes with the install
 def test_submitit_local_jobs_report_to_one_parent(tmp_path):
     """Real submitit job processes (the SLURM launcher's local twin): parent, children and report."""
     result = _train(tmp_path, "-m", "hydra/launcher=submitit_local", "strategy=scratch,full")
