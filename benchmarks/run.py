@@ -171,8 +171,8 @@ def compose(*overrides: str):
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from trainwise.app import register_experiments
     from trainwise.paths import conf_dir
-    from trainwise.train import register_experiments
 
     register_experiments()
     GlobalHydra.instance().clear()
@@ -316,27 +316,6 @@ def _module(cfg, net, datamodule, frozen=(), features_cached: bool = False):
     )
 
 
-@contextlib.contextmanager
-def _timed_recipe(count_calls: bool = False):
-    """trainwise.train.run, unchanged, with one extra callback (the epoch timer) added to the Trainer it builds."""
-    import trainwise.train as train
-
-    original = train._build_trainer
-    timers = []
-
-    def build(*args, **kwargs):
-        built = original(*args, **kwargs)
-        timers.append(_epoch_timer(count_calls))
-        built[0].callbacks.append(timers[-1])
-        return built
-
-    train._build_trainer = build
-    try:
-        yield timers
-    finally:
-        train._build_trainer = original
-
-
 def trainwise_recipe(
     tmp: Path, name: str, *overrides: str, count_calls: bool = False, terminal: bool = False
 ) -> dict[str, float]:
@@ -344,33 +323,28 @@ def trainwise_recipe(
     temporary SQLite store, checkpoints, test, artifacts). The recipe is the thing users run, so the framework
     figure goes through it; only the epoch timer callback is added to its Trainer. terminal=True: stdout is a
     terminal, so the run draws its progress bar (in the other runs it prints a line per epoch)."""
-    from trainwise.train import JobContext, run
+    from trainwise.jobs import JobContext, run
 
     cfg = compose(f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}", *overrides)
-    with _quiet(terminal), _timed_recipe(count_calls) as timers:
-        run(cfg, JobContext(job_dir=tmp / name, overrides=list(overrides)))
-    return timers[-1].figures()
+    timer = _epoch_timer(count_calls)
+    with _quiet(terminal):
+        run(cfg, JobContext(job_dir=tmp / name, overrides=list(overrides), callbacks=[timer]))
+    return timer.figures()
 
 
 def lightning_fit(cfg, module, datamodule, job_dir: Path, tracked=None, max_epochs: int | None = None):
-    """Fit with the Trainer trainwise builds (`trainwise.train._build_trainer`: same callbacks, precision, trainer
+    """Fit with the Trainer trainwise builds (`trainwise.trainer.build_trainer`: same callbacks, precision, trainer
     keys). tracked=None: the same Trainer with logger=False instead of the RunLogger."""
     from omegaconf import OmegaConf
 
-    import trainwise.tracking.run as tracking_run
-    import trainwise.train as train
+    from trainwise.tracking.run import RunLogger
+    from trainwise.trainer import build_trainer
 
-    original = tracking_run.RunLogger
-    if tracked is None:
-        tracking_run.RunLogger = lambda _tracked: False
-    try:
-        with _quiet():
-            cfg = cfg.copy()
-            OmegaConf.set_struct(cfg, False)
-            cfg.trainer.max_epochs = max_epochs or _max_epochs(cfg, datamodule)
-            trainer, *_ = train._build_trainer(cfg, tracked, job_dir)
-    finally:
-        tracking_run.RunLogger = original
+    with _quiet():
+        cfg = cfg.copy()
+        OmegaConf.set_struct(cfg, False)
+        cfg.trainer.max_epochs = max_epochs or _max_epochs(cfg, datamodule)
+        trainer, *_ = build_trainer(cfg, RunLogger(tracked) if tracked is not None else False, job_dir)
     timer = _epoch_timer()
     trainer.callbacks.append(timer)
     with _quiet():

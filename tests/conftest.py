@@ -31,7 +31,7 @@ def _shared_cache(tmp_path_factory):
 
 
 def compose_config(*overrides: str, return_hydra_config: bool = False):
-    from trainwise.train import register_experiments
+    from trainwise.app import register_experiments
 
     register_experiments()
     GlobalHydra.instance().clear()
@@ -59,7 +59,7 @@ class Terminal(io.StringIO):
 
 def run_job(tmp_path: Path, store_uri: str, *overrides: str):
     """One run in-process, the way the Hydra task runs it."""
-    from trainwise.train import JobContext, run
+    from trainwise.jobs import JobContext, run
 
     cfg = compose_config("profile=smoke", f"tracking.uri={store_uri}", *overrides)
     return run(cfg, JobContext(job_dir=tmp_path / "job", overrides=list(overrides)))

@@ -16,7 +16,7 @@ from conftest import compose_config, run_job
 from trainwise.accelerator import NVML_CHECK, PeakMemory
 from trainwise.config import validate
 from trainwise.errors import UserError
-from trainwise.train import _build_trainer
+from trainwise.trainer import build_trainer
 
 
 def _nvml_loadable() -> bool:
@@ -73,7 +73,7 @@ def test_cpu_training_stops_looking_for_nvml_at_every_optimizer_step(tmp_path, m
     monkeypatch.setenv(NVML_CHECK, "1")
     step()
     assert "libnvidia-ml.so.1" in loads  # what every step costs while the variable is set
-    _build_trainer(compose_config("accelerator=cpu"), None, tmp_path)
+    build_trainer(compose_config("accelerator=cpu"), False, tmp_path)
     assert NVML_CHECK not in os.environ
     loads.clear()
     step()

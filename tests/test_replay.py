@@ -88,7 +88,7 @@ def test_interrupted_run_is_killed_and_resumes_into_the_same_run_with_the_same_r
     import shutil
 
     shutil.rmtree(tmp_path / "cut")
-    from trainwise.train import JobContext, run
+    from trainwise.jobs import JobContext, run
 
     resumed = run(compose_config("profile=smoke", f"tracking.uri={store_uri}", f"resume={cut_id}"),
                   JobContext(job_dir=tmp_path / "resumed"))  # fmt: skip

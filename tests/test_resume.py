@@ -76,7 +76,7 @@ def test_sigterm_mid_epoch_after_the_best_epoch_resumes_to_the_uninterrupted_res
     import shutil
 
     shutil.rmtree(tmp_path / "cut")  # resume from what MLflow holds, as on another machine
-    from trainwise.train import JobContext, run
+    from trainwise.jobs import JobContext, run
 
     resumed = run(compose_config("profile=smoke", f"tracking.uri={store_uri}", f"resume={run_id}"),
                   JobContext(job_dir=tmp_path / "resumed"))  # fmt: skip

@@ -101,7 +101,7 @@ def test_lp_ft_resumed_after_the_unfreeze_keeps_training_the_backbone(
 
     monkeypatch.setattr(UnfreezeBackbone, "on_train_epoch_end", record_epoch_end, raising=False)
     seen = _record_lrs(monkeypatch)
-    from trainwise.train import JobContext, run
+    from trainwise.jobs import JobContext, run
 
     run(compose_config("profile=smoke", f"tracking.uri={store_uri}", f"resume={cut_id}"),
         JobContext(job_dir=tmp_path / "resumed"))  # fmt: skip

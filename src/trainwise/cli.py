@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _train(args: list[str]) -> int:
+    from trainwise.app import hydra_main
     from trainwise.overrides import check_overrides
-    from trainwise.train import hydra_main
 
     check_overrides(args)
     if any(arg.lstrip("+~").split("=", 1)[0] == "tracking.uri" for arg in args if "=" in arg):

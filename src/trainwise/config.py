@@ -31,6 +31,12 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+def identity(cfg: DictConfig) -> dict:
+    """The config keys that define what a run computes (not where it is tracked or how it was launched)."""
+    launch_only = ("tracking", "resume", "force_resume", "sweep", "trust")
+    return {k: v for k, v in to_container(cfg).items() if k not in launch_only}
+
+
 def config_hash(tree: dict) -> str:
     """A short, stable hash of what a config computes (data-loading knobs excluded)."""
 

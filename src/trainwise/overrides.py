@@ -42,9 +42,9 @@ def check_overrides(args: list[str]) -> None:
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
+    from trainwise.app import register_experiments
     from trainwise.config import validate
     from trainwise.paths import conf_dir
-    from trainwise.train import register_experiments
 
     register_experiments()
     extra_dir = flags.get("--config-dir") or flags.get("-cd")

@@ -27,9 +27,9 @@ _PROVENANCE = ("mlflow.source.git.commit", "trainwise.git_dirty")
 
 
 def reproduce(run_id: str, tracking_uri: str, trust: bool = False, tolerance: float | None = None) -> int:
+    from trainwise.jobs import JobContext, run
     from trainwise.provenance import code_and_versions
     from trainwise.tracking import open_store
-    from trainwise.train import JobContext, run
 
     store = open_store(tracking_uri)
     original = find_run(store, run_id)

@@ -15,7 +15,7 @@ from trainwise.replay import find_run, logged_config
 def resume_point(cfg: DictConfig, store, job_dir: Path):
     """(the run's own config, where to resume from). The checkpoints come from the run's job folder if it is
     still on this machine, else they are downloaded from MLflow into this job's folder."""
-    from trainwise.train import ResumePoint
+    from trainwise.context import ResumePoint
 
     run_id = str(cfg.resume)
     run = find_run(store, run_id)

@@ -1,0 +1,121 @@
+"""What a training run records in MLflow besides its metrics: the run itself (name, tags), the resolved config,
+the data it trained on, the test confusion matrix, and the line printed when it finishes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from omegaconf import DictConfig, OmegaConf
+
+from trainwise.config import config_hash, flatten, identity, mask_secrets, mask_text, to_container
+
+if TYPE_CHECKING:
+    from trainwise.context import JobContext, Plan
+
+
+def open_run(cfg: DictConfig, ctx: JobContext, store, world, plan: Plan):
+    """Rank 0's MLflow run (new, or the one a resume continues); the other ranks' stand-in logs nothing."""
+    from trainwise import strategies
+    from trainwise.tracking.run import QuietRun, TrackedRun
+
+    if not world.is_zero:
+        return QuietRun(plan.run_id)
+    data_name = strategies.training_data(cfg).name
+    reopen = plan.resume.run_id if plan.resume else None
+    experiment_id = store.experiment_id(cfg.tracking.experiment)
+    tags = run_tags(cfg, data_name, ctx)
+    return TrackedRun(store, experiment_id, run_name(cfg, data_name), tags, reopen=reopen, local_dir=ctx.job_dir)
+
+
+def run_name(cfg: DictConfig, data_name: str) -> str:
+    return f"{cfg.strategy.name}-{cfg.model.name}-{data_name}"
+
+
+def run_tags(cfg: DictConfig, data_name: str, ctx: JobContext) -> dict[str, str]:
+    from trainwise import strategies
+    from trainwise.provenance import code_and_versions
+
+    tags = {
+        "trainwise.strategy": cfg.strategy.name,
+        "trainwise.model": cfg.model.name,
+        "trainwise.dataset": data_name,
+        "trainwise.role": "job",
+        "trainwise.config_hash": config_hash(identity(cfg)),
+        "trainwise.job_dir": str(ctx.job_dir.resolve()),
+        **_process_tags(),
+        **code_and_versions(),
+        **ctx.extra_tags,
+    }
+    if cfg.strategy.data == "source":
+        tags["trainwise.foundation_hash"] = strategies.foundation_hash(cfg)
+    if ctx.parent_run_id:
+        tags["mlflow.parentRunId"] = ctx.parent_run_id
+    return tags
+
+
+def _process_tags() -> dict[str, str]:
+    """Where the run's process lives: resume tells a RUNNING run whose process is gone from one still training."""
+    import os
+    import socket
+
+    return {"trainwise.host": socket.gethostname(), "trainwise.pid": str(os.getpid())}
+
+
+def log_config(tracked, cfg: DictConfig, ctx: JobContext) -> None:
+    """The whole resolved config as params and artifacts, secrets masked (see config.mask_secrets)."""
+    tree = mask_secrets(to_container(cfg))
+    tracked.log_params(flatten(tree))
+    tracked.log_text(OmegaConf.to_yaml(OmegaConf.create(tree)), "config/config.yaml")
+    overrides = [mask_text(o) for o in ctx.overrides]
+    tracked.log_text(OmegaConf.to_yaml(OmegaConf.create(overrides)), "config/overrides.yaml")
+    if ctx.hydra_yaml is not None and ctx.hydra_yaml.is_file():
+        hydra_tree = mask_secrets(OmegaConf.to_container(OmegaConf.load(ctx.hydra_yaml)))
+        tracked.log_text(OmegaConf.to_yaml(OmegaConf.create(hydra_tree)), "config/hydra.yaml")
+
+
+def log_data(tracked, data_cfg: DictConfig, datamodule, steps_per_epoch: int) -> None:
+    """The data's sizes as params, the data as an MLflow dataset input (name, source, content digest, sizes), and
+    the classes with their per-split counts (`data/classes.json`)."""
+    sizes = {f"data.{k}_size": v for k, v in datamodule.sizes().items()}
+    facts = {"data.num_classes": datamodule.num_classes, "data.steps_per_epoch": steps_per_epoch}
+    tracked.log_params(sizes | facts)
+    source = {k: data_cfg.get(k) for k in ("name", "root", "generator_seed", "num_per_class") if data_cfg.get(k)}
+    profile = datamodule.sizes() | {"num_classes": datamodule.num_classes}
+    tracked.log_dataset(data_cfg.name, datamodule.digest(), source, profile, context="training")
+    classes = {"classes": datamodule.data.class_names, "counts": datamodule.class_counts()}
+    tracked.log_text(json.dumps(classes, indent=1), "data/classes.json")
+
+
+def log_confusion_matrix(tracked, matrix, class_names: list[str], job_dir: Path) -> None:
+    """plots/confusion_matrix.png (rows: true class, columns: predicted) and the counts as JSON."""
+    from trainwise.report.plots import pyplot
+
+    plt = pyplot()
+    counts = matrix.cpu().numpy()
+    size = min(12.0, 2.5 + 0.35 * len(class_names))
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(counts, cmap="Blues")
+    ticks = range(len(class_names))
+    ax.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true", title="Test confusion matrix")
+    ax.set_xticklabels(class_names, fontsize=7, rotation=90)
+    ax.set_yticklabels(class_names, fontsize=7)
+    fig.tight_layout()
+    job_dir.mkdir(parents=True, exist_ok=True)
+    path = job_dir / "confusion_matrix.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    tracked.log_artifact(path, "plots")
+    tracked.log_text(json.dumps({"classes": class_names, "counts": counts.tolist()}), "plots/confusion_matrix.json")
+
+
+def print_finished(cfg: DictConfig, run_id: str, experiment_id: str, metrics: dict[str, float]) -> None:
+    from trainwise.tracking.store import runs_table_url
+
+    print(
+        f"{cfg.strategy.name}: test/acc {metrics['test/acc']:.4f}  test/loss {metrics['test/loss']:.4f}  "
+        f"fit {metrics['cost/fit_seconds']:.1f}s  (MLflow run {run_id})\n"
+        f"  See the runs: `make ui` or `trainwise ui`, then {runs_table_url(experiment_id)}",
+        flush=True,
+    )

@@ -1,0 +1,83 @@
+"""The Lightning Trainer every trainwise run trains with: its callbacks (best and last checkpoints, the graceful
+stop, the progress display), precision, DDP plugins and the `trainer.*` keys of the config."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from trainwise import accelerator
+from trainwise.config import to_container
+
+
+def build_trainer(
+    cfg: DictConfig,
+    logger,
+    job_dir: Path,
+    callbacks=(),
+    signals=None,
+    seconds_before_fit: float = 0.0,
+):
+    """A Trainer for `cfg` that writes checkpoints under `job_dir/checkpoints`.
+
+    logger: a Lightning logger (trainwise's `RunLogger`) or False. callbacks: extra callbacks, added after the
+    checkpoint and stop callbacks. signals: the run's `RunSignals` (a new one if None). seconds_before_fit: time
+    already spent on this run's fit (feature caching), counted into `cost/fit_seconds`.
+    Returns (trainer, best checkpoint callback, last checkpoint callback)."""
+    import pytorch_lightning as pl
+
+    from trainwise import distributed
+    from trainwise.callbacks import BestCheckpoint, EpochLines, GracefulStop, LastCheckpoint, ProgressBar
+    from trainwise.signals import RunSignals
+
+    _quiet_lightning()
+    accel = cfg.accelerator
+    accelerator.skip_nvml_without_driver()
+    # best.ckpt: the weights of the best epoch by val/acc; last.ckpt: the full state resume continues from (not
+    # save_last=True: since Lightning 2.5 that writes only in epochs where `best` improved).
+    best = BestCheckpoint(job_dir / "checkpoints")
+    every_s = float(cfg.get("last_checkpoint_every_s", 0))
+    last = LastCheckpoint(job_dir / "checkpoints", every_s, best=best, seconds_before_fit=seconds_before_fit)
+    signals = signals if signals is not None else RunSignals()
+    interactive = sys.stdout.isatty()
+    all_callbacks = [
+        best,  # first: trainer.test(ckpt_path="best") uses the first ModelCheckpoint
+        GracefulStop(signals),  # before `last`: a stop decided at an epoch end makes that last.ckpt the final one
+        last,
+        *callbacks,
+        ProgressBar() if interactive else EpochLines(),
+    ]
+    passthrough = {k: v for k, v in to_container(cfg.trainer).items() if v is not None}
+    trainer = pl.Trainer(
+        accelerator=accel.accelerator,
+        devices=accel.devices,
+        num_nodes=int(accel.get("num_nodes", 1)),
+        strategy=str(accel.get("strategy", "auto")),
+        use_distributed_sampler=False,  # the datamodule gives each DDP rank its own share (data/batches.py)
+        plugins=distributed.cluster_plugins(),
+        precision=accelerator.precision(accel),
+        deterministic=bool(cfg.deterministic),
+        logger=logger,
+        callbacks=all_callbacks,
+        enable_progress_bar=interactive,
+        enable_model_summary=False,
+        default_root_dir=str(job_dir),
+        **passthrough,
+    )
+    return trainer, best, last
+
+
+def _quiet_lightning() -> None:
+    """Lightning's advice that does not apply to trainwise's runs."""
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", ".*multiple `ModelCheckpoint` callbacks.*")  # the first is `best`, on purpose
+    warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")
+    # Under DDP the logged values are torchmetrics' compute(), already reduced over the ranks.
+    warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
