@@ -116,4 +116,4 @@ def test_every_shipped_experiment_runs_on_smoke(path, extra, tmp_path, store_uri
 
 def test_every_experiment_file_is_found():
     """The glob above is what makes a new experiment covered: it must see the shipped files."""
-    assert {p.stem for p in EXPERIMENTS} >= {"compare", "data_efficiency", "seed_scratch_mnist"}
+    assert {p.stem for p in EXPERIMENTS} >= {"compare", "data_efficiency", "mnist_mlp_scratch"}

@@ -12,7 +12,7 @@ from trainwise.models import build_model
 @pytest.mark.parametrize(
     ("name", "head_hidden"),
     [
-        ("vgg16", 256),  # pools to 4096 (pre-logits ConvMlp) while num_features says 512: the seed article's case
+        ("vgg16", 256),  # pools to 4096 (pre-logits ConvMlp) while num_features says 512: the reference article's case
         ("mobilenetv3_small_050", None),  # conv_head: 1024 while num_features says 288
         ("resnet18", None),
         ("small_cnn", None),

@@ -1,6 +1,6 @@
-"""The team recipe (README "A tracking server for a team") on a real PostgreSQL: a throwaway cluster (initdb +
-pg_ctl, temporary folder, free port), a real `mlflow server` on it with served artifacts, and a parallel sweep
-through the server. Skipped, saying what is missing, where PostgreSQL or the psycopg2 driver is not installed."""
+"""The team recipe (docs/scale-out.md, "A tracking server for a team") on a real PostgreSQL: a throwaway cluster
+(initdb + pg_ctl, temporary folder, free port), a real `mlflow server` on it with served artifacts, and a parallel
+sweep through the server. Skipped, saying what is missing, where PostgreSQL or the psycopg2 driver is not installed."""
 
 from __future__ import annotations
 

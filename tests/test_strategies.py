@@ -1,4 +1,4 @@
-"""Each strategy end to end on profile=smoke, checked against what the README says MLflow holds for each run."""
+"""Each strategy end to end on profile=smoke, checked against what docs/tracking.md says MLflow holds for each run."""
 
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import mlflow_client, run_job
-from trainwise import replay
 from trainwise.errors import UserError
+from trainwise.tracking import logged
 
 HUBCONF = """\
 from pathlib import Path
@@ -61,7 +61,7 @@ def test_resume_refuses_it_too_unless_trust_is_true(tmp_path, store_uri):
     assert not marker.exists()
     from trainwise.tracking import open_store
 
-    trusted = replay.logged_config(open_store(store_uri), original.run_id, trust=True)  # the user's call
+    trusted = logged.logged_config(open_store(store_uri), original.run_id, trust=True)  # the user's call
     assert trusted.optimizer.weight_decay._target_ == "torch.hub.load"
 
 
@@ -72,10 +72,10 @@ def test_targets_are_checked_at_every_depth_and_by_exact_name():
         "c": {"_target_": "torch.optim.Adam.__init__"},  # a prefix of an allowed name is not that name
         "d": {"_target_": "${oc.env:EVIL}"},  # an interpolation is not an allowed name either
         "e": {"_target_": "torch.utils.cpp_extension.load_inline"},
-        "f": {"_target_": "torch.optim.RMSprop"},  # any optimizer class of torch.optim, as the README offers
+        "f": {"_target_": "torch.optim.RMSprop"},  # any optimizer class of torch.optim, as docs/configuration.md offers
         "g": {"_target_": "torch.optim.lr_scheduler.LambdaLR"},  # but nothing else under torch.optim
     }
-    assert replay.untrusted_targets(tree) == [
+    assert logged.untrusted_targets(tree) == [
         "a[0].b._target_=builtins.exec",
         "c._target_=torch.optim.Adam.__init__",
         "d._target_=${oc.env:EVIL}",
@@ -92,4 +92,4 @@ def test_every_target_in_trainwise_configs_is_allowed():
         for path in folder.rglob("*.yaml"):
             named |= {line.split(":", 1)[1].strip() for line in path.read_text().splitlines()
                       if line.strip().startswith("_target_:")}  # fmt: skip
-    assert named and named <= set(replay.ALLOWED_TARGETS)
+    assert named and named <= set(logged.ALLOWED_TARGETS)

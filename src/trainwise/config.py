@@ -53,9 +53,9 @@ def validate_before_run(cfg: DictConfig) -> None:
     """Checks that need torch/timm (so not in the CLI's quick check), done before any MLflow run exists."""
     from pathlib import Path
 
-    from trainwise.models import build_backbone_check
+    from trainwise.models import check_model_name
 
-    build_backbone_check(cfg.model.name)
+    check_model_name(cfg.model.name)
     data = cfg[cfg.strategy.data]
     if data.name == "imagefolder" and not (data.get("root") and Path(str(data.root)).expanduser().is_dir()):
         raise UserError(

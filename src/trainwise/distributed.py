@@ -43,7 +43,7 @@ class World:
     trained: bool = False  # a plan went out (rank 0) or came in: the ranks train together and meet at the end
 
     @property
-    def is_zero(self) -> bool:
+    def is_global_zero(self) -> bool:
         return self.rank == 0
 
     @property
@@ -94,7 +94,7 @@ def ranks(accelerator_cfg, job_dir: Path, overrides: list[str]):
     try:
         _open_group(accelerator_cfg, world)
         yield world
-        if world.is_zero:
+        if world.is_global_zero:
             world.send_plan(None)  # a no-op when the plan went out
         if world.trained:  # every rank's collectives are done before any rank tears its group down
             import torch.distributed as dist
@@ -102,7 +102,7 @@ def ranks(accelerator_cfg, job_dir: Path, overrides: list[str]):
             dist.barrier()
     except BaseException:
         failed = True
-        if world.is_zero and not world.plan_sent:
+        if world.is_global_zero and not world.plan_sent:
             _release_quietly(world)  # the others learn there is nothing to train, and end
         raise
     else:

@@ -31,13 +31,13 @@ def run(cfg: DictConfig, ctx: JobContext) -> RunResult | None:
     validate(cfg)
     with RunSignals() as signals, distributed.ranks(cfg.accelerator, ctx.job_dir, ctx.overrides) as world:
         ctx.signals = signals
-        if not world.is_zero:
+        if not world.is_global_zero:
             plan = world.receive_plan()  # None: rank 0 ended before training (an error, a skipped job)
             return None if plan is None else train_and_log(OmegaConf.create(plan.cfg), ctx, None, world, plan)
-        return _lead(cfg, ctx, world)
+        return _run_as_rank_zero(cfg, ctx, world)
 
 
-def _lead(cfg: DictConfig, ctx: JobContext, world) -> RunResult:
+def _run_as_rank_zero(cfg: DictConfig, ctx: JobContext, world) -> RunResult:
     """Rank 0 (or the only process): decide what this job trains, then train it."""
     from trainwise import strategies
     from trainwise.tracking import open_store
@@ -53,7 +53,7 @@ def _lead(cfg: DictConfig, ctx: JobContext, world) -> RunResult:
         return train_and_log(strategies.effective_config(cfg), ctx, store, world, Plan(resume=point))
     cfg = strategies.effective_config(cfg)
     if cfg.sweep.skip_finished:
-        done = _finished_twin(cfg, store, ctx)
+        done = _finished_run_of_same_config(cfg, store, ctx)
         if done is not None:
             return done
     if cfg.strategy.data == "source":
@@ -129,7 +129,7 @@ def _find_or_train_foundation(cfg: DictConfig, ctx: JobContext, store, world) ->
         return train_and_log(full_cfg, full_ctx, store).run_id
 
 
-def _finished_twin(cfg: DictConfig, store, ctx: JobContext) -> RunResult | None:
+def _finished_run_of_same_config(cfg: DictConfig, store, ctx: JobContext) -> RunResult | None:
     """sweep.skip_finished: a FINISHED run of the same config in the experiment stands in for this job."""
     from trainwise.tracking import find_finished_run
 

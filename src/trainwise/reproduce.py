@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from trainwise.replay import find_run, logged_config
+from trainwise.tracking.logged import find_run, logged_config
 
 # How each compared metric may differ: accuracies by an absolute amount (0.01 = one point), losses relative to
 # the original (a loss's scale depends on the task), parameter counts not at all (the same architecture).

@@ -9,7 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from trainwise.errors import UserError
-from trainwise.replay import find_run, logged_config
+from trainwise.tracking.logged import find_run, logged_config
 
 
 def resume_point(cfg: DictConfig, store, job_dir: Path):

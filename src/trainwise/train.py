@@ -35,16 +35,16 @@ def train_and_log(cfg: DictConfig, ctx: JobContext, store, world=None, plan: Pla
     world = world or distributed.World()
     plan = plan or Plan()
     with record.open_run(cfg, ctx, store, world, plan) as tracked:
-        if plan.resume is None and world.is_zero:
+        if plan.resume is None and world.is_global_zero:
             record.log_config(tracked, cfg, ctx)
             if plan.foundation is not None:
                 tracked.set_tags({"trainwise.foundation_run": plan.foundation.run_id or plan.foundation.source})
-        if world.is_zero:
+        if world.is_global_zero:
             world.send_plan(Plan(to_container(cfg), tracked.run_id, plan.foundation, plan.resume))
         datamodule = _setup_data(cfg, plan, world, tracked)
         net, module, datamodule, caching_seconds = _setup_model(cfg, plan, datamodule, tracked)
         fitted = _fit_and_test(cfg, ctx, module, datamodule, tracked, world, plan, caching_seconds)
-        if not world.is_zero:
+        if not world.is_global_zero:
             return None
         metrics = _log_results(cfg, ctx, net, datamodule, tracked, fitted)
         if cfg.strategy.data == "source":
@@ -66,7 +66,7 @@ def _setup_data(cfg: DictConfig, plan: Plan, world, tracked):
     min_batches = math.ceil(cfg.min_train_steps / cfg.trainer.max_epochs)
     data_cfg = strategies.training_data(cfg)
     datamodule = build_datamodule(data_cfg, cfg.seed, input_shape, min_batches)
-    if plan.resume is None and world.is_zero:  # (the digest hashes every image: not on ranks that log nothing)
+    if plan.resume is None and world.is_global_zero:  # (the digest hashes every image: not on ranks that log nothing)
         record.log_data(tracked, data_cfg, datamodule, datamodule.steps_per_epoch(world.world_size))
     return datamodule
 
@@ -142,7 +142,7 @@ def _fit_and_test(cfg, ctx: JobContext, module, datamodule, tracked, world, plan
     from trainwise.trainer import build_trainer
 
     callbacks = [c for c in [strategies.unfreeze_callback(cfg)] if c is not None] + list(ctx.callbacks)
-    logger = RunLogger(tracked) if world.is_zero else False  # under DDP only rank 0 logs
+    logger = RunLogger(tracked) if world.is_global_zero else False  # under DDP only rank 0 logs
     trainer, best, last = build_trainer(cfg, logger, ctx.job_dir, callbacks, ctx.signals, caching_seconds)
     resume = plan.resume
     if resume is not None and resume.best_checkpoint:  # where the resumed state says best.ckpt is

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 
-from trainwise.data import imagefolder, torchvision_sets
 from trainwise.data.datamodule import ImageTensors
+from trainwise.data.registry import register_dataset
 from trainwise.paths import cache_dir
 
 
+@register_dataset("digits")
 def load_digits(cfg) -> ImageTensors:
     from sklearn.datasets import load_digits as sklearn_digits
 
@@ -20,6 +19,7 @@ def load_digits(cfg) -> ImageTensors:
     return ImageTensors(images, torch.from_numpy(bunch.target.astype(np.int64)), [str(c) for c in bunch.target_names])
 
 
+@register_dataset("glyphs")
 def load_glyphs(cfg) -> ImageTensors:
     from trainwise.data.glyphs import load_glyphs as cached_glyphs
 
@@ -28,12 +28,3 @@ def load_glyphs(cfg) -> ImageTensors:
     )
     tensor = torch.from_numpy(images.astype(np.float32) / 16.0).unsqueeze(1)
     return ImageTensors(tensor, torch.from_numpy(labels.astype(np.int64)), list(names))
-
-
-# The real datasets' modules are cheap to import: torchvision and PIL load inside their loaders.
-LOADERS: dict[str, Callable[..., ImageTensors]] = {
-    "digits": load_digits,
-    "glyphs": load_glyphs,
-    **dict.fromkeys(torchvision_sets.SETS, torchvision_sets.load_torchvision),
-    "imagefolder": imagefolder.load_imagefolder,
-}

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from trainwise.data.datamodule import ImageTensors
+from trainwise.data.registry import register_dataset
 from trainwise.errors import UserError
 
 # torchvision.datasets.folder.IMG_EXTENSIONS (kept here so that listing a folder does not import torchvision).
@@ -159,6 +160,7 @@ def decode_image(path: Path, channels: int, size: int) -> np.ndarray:
         raise UserError(f"dataset.root: cannot read image {path} ({error}); fix or remove the file") from error
 
 
+@register_dataset("imagefolder")
 def load_imagefolder(cfg) -> ImageTensors:
     root = _check_root(cfg.get("root"))
     channels, size = int(cfg.get("channels", 3)), int(cfg.image_size)

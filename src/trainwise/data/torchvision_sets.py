@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from trainwise.data.datamodule import ImageTensors
+from trainwise.data.registry import register_dataset
 from trainwise.errors import UserError
 
 log = logging.getLogger("trainwise")
@@ -107,6 +108,7 @@ def _as_uint8_nchw(data) -> torch.Tensor:
     return tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
 
 
+@register_dataset(*SETS)
 def load_torchvision(cfg) -> ImageTensors:
     """Both official splits as one tensor, the test images marked by `test_mask`.
 

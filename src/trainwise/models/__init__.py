@@ -1,101 +1,17 @@
-"""One factory for every model: the seed nets and any timm architecture, as backbone + head.
+"""Models: every model is a `Net` (backbone + head). `build_model` builds one by name (trainwise's registered
+backbones, then timm); `register_backbone` adds a backbone of your own."""
 
-Every model is a `Net`: `net.backbone` (pooled features, timm's interface) and `net.head` (new for each task's
-classes). Strategies only ever deal with that split, so scratch, full and finetune treat all models alike.
-"""
+from trainwise.models.factory import build_backbone, build_model, check_model_name, count_parameters
+from trainwise.models.net import Net, feature_size
+from trainwise.models.registry import backbone_names, register_backbone
 
-from __future__ import annotations
-
-import difflib
-
-from torch import nn
-
-from trainwise.errors import UserError
-from trainwise.models.seed_nets import SEED_NETS
-
-
-class Net(nn.Module):
-    """`input_shape` (channels, image size): the head is sized from the features the backbone returns for such an
-    input; without it, from `backbone.num_features`."""
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        num_classes: int,
-        head_hidden: int | None = None,
-        input_shape: tuple[int, int] | None = None,
-    ):
-        super().__init__()
-        self.backbone = backbone
-        features = feature_size(backbone, *input_shape) if input_shape else backbone.num_features
-        if head_hidden:
-            self.head = nn.Sequential(nn.Linear(features, head_hidden), nn.ReLU(), nn.Linear(head_hidden, num_classes))
-        else:
-            self.head = nn.Linear(features, num_classes)
-
-    def forward(self, x):
-        return self.head(self.backbone(x))
-
-
-def build_backbone_check(name: str) -> None:
-    """A clear error for a model name that is neither a seed net nor a timm architecture."""
-    if name in SEED_NETS:
-        return
-    import timm
-
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, list(SEED_NETS) + timm.list_models(), n=3)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise UserError(f"model.name={name!r} is neither mlp, small_cnn nor a timm architecture.{hint}")
-
-
-def build_backbone(name: str, in_chans: int, image_size: int) -> nn.Module:
-    build_backbone_check(name)
-    if name in SEED_NETS:
-        return SEED_NETS[name](in_chans=in_chans, image_size=image_size)
-    import timm
-
-    kwargs = {"img_size": image_size} if "img_size" in _timm_kwargs(name) else {}
-    # num_classes=0: timm returns pooled features; trainwise adds its own head.
-    return timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)
-
-
-def _timm_kwargs(name: str) -> set[str]:
-    # Transformers fix their position embeddings to an image size; CNNs take any size.
-    return {"img_size"} if name.startswith(("vit_", "deit_", "test_vit")) else set()
-
-
-def build_model(model_cfg, num_classes: int, in_chans: int, image_size: int) -> Net:
-    backbone = build_backbone(model_cfg.name, in_chans, image_size)
-    return Net(backbone, num_classes, model_cfg.get("head_hidden"), input_shape=(in_chans, image_size))
-
-
-def feature_size(backbone: nn.Module, in_chans: int, image_size: int) -> int:
-    """The width of what `backbone` returns, measured on one dummy image of the real input shape.
-
-    timm's `num_features` is the width before its pre-logits stage: vgg16 returns 4096 (its ConvMlp), not 512;
-    mobilenetv3 returns its conv_head's 1024/1280, not 288/960. Eval mode and no_grad leave BatchNorm statistics
-    and autograd untouched, and the forward draws no random numbers, so seeded initialisation is unchanged.
-    """
-    import torch
-
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        with torch.no_grad():
-            out = backbone(torch.zeros(1, in_chans, image_size, image_size))
-    finally:
-        backbone.train(was_training)
-    if out.ndim != 2:
-        raise UserError(
-            f"the backbone returns features of shape {tuple(out.shape)} for a {in_chans}x{image_size}x{image_size} "
-            "image; trainwise needs pooled (batch, features) outputs"
-        )
-    return int(out.shape[1])
-
-
-def count_parameters(module: nn.Module) -> tuple[int, int]:
-    """(total, trainable) parameter counts."""
-    total = sum(p.numel() for p in module.parameters())
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return total, trainable
+__all__ = [
+    "Net",
+    "backbone_names",
+    "build_backbone",
+    "build_model",
+    "check_model_name",
+    "count_parameters",
+    "feature_size",
+    "register_backbone",
+]

@@ -1,9 +1,9 @@
 """What `strategy.freeze` leaves trainable, and the optimizer's parameter groups.
 
 `backbone`: head only (linear probe). `none`: everything trains. `stages:<k>`: the first k parameter groups of
-timm's `group_matcher(coarse=True)` are frozen (the stem is the first group; trainwise's seed nets name their
-stages the same way). Frozen modules are held in eval mode by the LightningModule, so BatchNorm statistics do
-not move.
+timm's `group_matcher(coarse=True)` are frozen (the stem is the first group; trainwise's own nets, `mlp` and
+`small_cnn`, name their stages the same way). Frozen modules are held in eval mode by the LightningModule, so
+BatchNorm statistics do not move.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Everything MLflow: the store, experiments, a run's lifecycle, what is logged, and queries.
 
-`trainwise report` and `reproduce` read only what is written here (README: "Looking at runs in MLflow").
+`trainwise report` and `reproduce` read only what is written here (docs/tracking.md).
 The run lifecycle (`trainwise.tracking.run`: TrackedRun, RunLogger) needs Lightning and is imported from its
 module directly, so that reading the store (`report`) never loads torch.
 """

@@ -20,7 +20,7 @@ def open_run(cfg: DictConfig, ctx: JobContext, store, world, plan: Plan):
     from trainwise import strategies
     from trainwise.tracking.run import QuietRun, TrackedRun
 
-    if not world.is_zero:
+    if not world.is_global_zero:
         return QuietRun(plan.run_id)
     data_name = strategies.training_data(cfg).name
     reopen = plan.resume.run_id if plan.resume else None

@@ -51,7 +51,7 @@ class TrackedRun:
         self.local_dir = local_dir
         self.run_id: str = ""
         self.broken: Exception | None = None
-        self.pending: list[tuple] = []  # calls skipped since the store failed, replayed at the end
+        self.pending: list[tuple] = []  # calls skipped since the store failed, resent at the end
         self.metric_history: list = []  # every epoch metric RunLogger sent (mlflow Metric entities)
         self.metric_epochs: list[int] = []  # the epoch of each of them
         self.checkpointed_epoch = -1  # the last epoch saved in last.ckpt (what resume continues after)
@@ -92,7 +92,7 @@ class TrackedRun:
         status = "FINISHED" if exc is None else "KILLED" if stopped else "FAILED"
         with _signals_held():  # a run is never left RUNNING because a signal came at this moment
             self.safely(self.client.set_terminated, self.run_id, status)
-        if self.broken is not None and not self._replay() and exc is None:
+        if self.broken is not None and not self._resend() and exc is None:
             raise TrackingFailed(self.store.uri, self.broken, self.local_dir)
         if late is not None and exc is late:
             raise late  # the run was ending well; it is KILLED now, and the caller prints how to resume it
@@ -120,7 +120,7 @@ class TrackedRun:
             count += 1
         return count
 
-    def _replay(self) -> bool:
+    def _resend(self) -> bool:
         """Send the epoch metrics and the queued calls again; True if the store took them all."""
         try:
             self._send_metric_history()

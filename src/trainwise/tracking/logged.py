@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from trainwise.errors import UserError
 
 # Every `_target_` in conf/ and experiments/ (tests/test_trust.py checks that this stays so), plus the other
-# optimizer classes of torch.optim (README: `optimizer._target_` takes any). Exact names, not namespaces: torch
-# alone holds torch.hub.load and torch.utils.cpp_extension.load_inline.
+# optimizer classes of torch.optim (docs/configuration.md: `optimizer._target_` takes any). Exact names, not
+# namespaces: torch alone holds torch.hub.load and torch.utils.cpp_extension.load_inline.
 ALLOWED_TARGETS = frozenset(
     {"torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD", "trainwise.sweep.SweepCallback"}
 )

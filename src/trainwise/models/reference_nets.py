@@ -1,4 +1,5 @@
-"""The seed article's two networks as backbones with timm's small interface.
+"""The reference article's two networks (its examples are experiments/mnist_mlp_scratch.yaml and
+cifar10_cnn_full.yaml) as backbones with timm's small interface, registered as `mlp` and `small_cnn`.
 
 Each returns pooled features from `forward` (like a timm model built with num_classes=0), reports
 `num_features`, and names its stages with `group_matcher`, so freezing and layer-wise LR treat them like any
@@ -8,6 +9,8 @@ timm model. The classifier head is added by `trainwise.models.Net`.
 from __future__ import annotations
 
 from torch import nn
+
+from trainwise.models.registry import register_backbone
 
 
 class _StagedBackbone(nn.Module):
@@ -23,8 +26,9 @@ class _StagedBackbone(nn.Module):
         return {"stem": r"^stages\.0\.", "blocks": r"^stages\.(\d+)\."}
 
 
+@register_backbone("mlp")
 class SimpleNN(_StagedBackbone):
-    """flatten - 128 - 64 (the seed article's MLP, 784→128→64 for 28×28 inputs)."""
+    """flatten - 128 - 64 (the reference article's MLP, 784→128→64 for 28×28 inputs)."""
 
     def __init__(self, in_chans: int, image_size: int):
         super().__init__()
@@ -36,8 +40,9 @@ class SimpleNN(_StagedBackbone):
         self.num_features = 64
 
 
+@register_backbone("small_cnn")
 class SmallCNN(_StagedBackbone):
-    """conv32-pool - conv64-pool - conv64-dense64 (the seed article's Keras CIFAR CNN).
+    """conv32-pool - conv64-pool - conv64-dense64 (the reference article's Keras CIFAR CNN).
 
     'same' padding instead of Keras' 'valid' so that 8×8 inputs still reach the last convolution.
     """
@@ -57,6 +62,3 @@ class SmallCNN(_StagedBackbone):
             ),
         )
         self.num_features = 64
-
-
-SEED_NETS = {"mlp": SimpleNN, "small_cnn": SmallCNN}
