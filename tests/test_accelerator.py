@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from conftest import compose_config, run_job
+from helpers import compose_config, run_job
 from trainwise.accelerator import NVML_CHECK, PeakMemory
 from trainwise.config import validate
 from trainwise.errors import UserError

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import compose_config
+from helpers import compose_config
 from trainwise.config import config_hash, flatten, validate
 from trainwise.paths import conf_dir, experiments_dir
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import compose_config
+from helpers import compose_config
 from trainwise.data.imagefolder import load_imagefolder
 
 

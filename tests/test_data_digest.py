@@ -7,7 +7,7 @@ import tracemalloc
 
 import torch
 
-from conftest import compose_config
+from helpers import compose_config
 from trainwise.data import ImageTensors, TensorDataModule
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import compose_config
+from helpers import compose_config
 from trainwise.data import ImageTensors, TensorDataModule, build_datamodule
 from trainwise.data.batches import EpochBatches
 from trainwise.errors import UserError

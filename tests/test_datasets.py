@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import compose_config, mlflow_client, run_job
+from helpers import compose_config, mlflow_client, run_job
 from trainwise.data import ImageTensors, TensorDataModule, build_datamodule
 from trainwise.data.imagefolder import decode_image
 from trainwise.data.torchvision_sets import data_root

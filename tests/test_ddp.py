@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import mlflow_client
+from helpers import mlflow_client
 
 SMALL = ["min_train_steps=0", "trainer.max_epochs=2", "dataset.train_fraction=0.3", "source.num_per_class=12"]
 

@@ -18,7 +18,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import compose_config, mlflow_client, run_job
+from helpers import cli_env, compose_config, mlflow_client, run_job
 from test_datasets import _write_cifar, _write_mnist
 from trainwise.data.torchvision_sets import SETS
 from trainwise.paths import experiments_dir
@@ -103,7 +103,7 @@ def test_every_shipped_experiment_runs_on_smoke(path, extra, tmp_path, store_uri
         assert run.info.status == "FINISHED"
         assert 0 <= run.data.metrics["test/acc"] <= 1
         return
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = cli_env()
     command = [sys.executable, "-m", "trainwise", "train", *overrides, "profile=smoke", f"tracking.uri={store_uri}"]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]

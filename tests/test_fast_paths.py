@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from scipy.stats import chi2_contingency
 
-from conftest import Terminal, compose_config
+from helpers import Terminal, compose_config
 from trainwise.data import build_datamodule
 from trainwise.data.augment import apply_crop_flip, crop_flip, crop_flip_params, per_sample_transform
 from trainwise.errors import UserError

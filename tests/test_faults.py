@@ -3,7 +3,6 @@ secrets never reach MLflow."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import mlflow_client, run_job
+from helpers import cli_env, mlflow_client, run_job
 from trainwise.errors import UserError
 
 
@@ -21,7 +20,7 @@ def _all_runs(uri: str):
 
 
 def _cli(tmp_path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = cli_env()
     command = [sys.executable, "-m", "trainwise", *args]
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
@@ -130,7 +129,7 @@ def _train_against(server, tmp_path: Path, epochs: int):
     retries are off so that a dead server is noticed at once."""
     import time
 
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = cli_env()
     env |= {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
     args = ["train", "profile=smoke", f"trainer.max_epochs={epochs}", "tracking=server", f"tracking.uri={server.uri}"]
     training = subprocess.Popen([sys.executable, "-m", "trainwise", *args], cwd=tmp_path, env=env,

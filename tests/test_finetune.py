@@ -6,7 +6,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import compose_config, mlflow_client, run_job
+from helpers import compose_config, mlflow_client, run_job
 from trainwise.data import ImageTensors, TensorDataModule
 from trainwise.models import build_model
 from trainwise.module import ClassificationModule

@@ -12,14 +12,14 @@ import time
 
 import pytest
 
-from conftest import mlflow_client
+from helpers import cli_env, mlflow_client
 
 
 def _machine(tmp_path, name: str) -> tuple[dict, str]:
     """Environment and working folder of a job on its own machine: its own cache (where file locks live)."""
     home = tmp_path / name
     (home / "work").mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = cli_env()
     return env | {"TRAINWISE_CACHE": str(home / "cache"), "HOME": str(home)}, str(home / "work")
 
 

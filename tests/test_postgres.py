@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Server, mlflow_client
+from helpers import Server, cli_env, mlflow_client
 
 PG_PROGRAMS = ("initdb", "pg_ctl", "postgres")
 
@@ -119,7 +119,7 @@ def test_a_parallel_sweep_through_a_server_on_postgresql(tmp_path, postgres_uri,
 
     work = tmp_path / "work"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = cli_env()
     args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1", "profile=smoke",
             "trainer.max_epochs=2", "tracking=server", f"tracking.uri={postgres_server.uri}"]  # fmt: skip
     result = subprocess.run([sys.executable, "-m", "trainwise", "train", *args],

@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from conftest import compose_config, mlflow_client, run_job
+from helpers import compose_config, mlflow_client, run_job
 from trainwise.errors import UserError
 from trainwise.models import build_model
 from trainwise.strategies.pretrained import Foundation, load_into, load_weights_file
@@ -94,7 +94,7 @@ def test_a_finetune_from_a_logged_foundation_leaves_no_downloaded_copy_behind(tm
     """Each fine-tune downloaded the foundation's best.ckpt into a new temporary folder it never deleted."""
     import tempfile
 
-    from conftest import run_job
+    from helpers import run_job
 
     full = run_job(tmp_path / "full", store_uri, "strategy=full")
     scratch_tmp = tmp_path / "tmp"

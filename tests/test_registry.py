@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import compose_config
+from helpers import compose_config
 from trainwise.data import ImageTensors, build_datamodule, dataset_names, register_dataset
 from trainwise.errors import UserError
 from trainwise.models import backbone_names, build_model, register_backbone

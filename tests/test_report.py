@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from conftest import mlflow_client
+from helpers import mlflow_client
 from trainwise.report import build_report
 from trainwise.tracking import open_store
 

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from conftest import compose_config, mlflow_client, run_job
+from helpers import compose_config, mlflow_client, run_job
 from trainwise.errors import Interrupted, UserError
 from trainwise.reproduce import reproduce
 

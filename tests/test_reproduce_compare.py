@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from conftest import run_job
+from helpers import run_job
 from trainwise.errors import Interrupted
 from trainwise.reproduce import _compare, reproduce
 

@@ -4,7 +4,6 @@ weights sit in a Hugging Face hub cache laid out as the hub writes it, so timm's
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import pytest
 import timm
 import torch
 
-from conftest import mlflow_client
+from helpers import cli_env, mlflow_client
 
 MODEL = "test_resnet"  # timm's tiny test architecture (~0.2M parameters), with pretrained weights on the hub
 
@@ -30,7 +29,7 @@ def _hub_cache(root) -> dict[str, str]:
     torch.manual_seed(0)
     state = timm.create_model(MODEL).state_dict()  # what the hub serves: a state dict of the full model
     save_file({k: v.contiguous() for k, v in state.items()}, str(repo / "snapshots" / revision / "model.safetensors"))
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HF_TOKEN")}
+    env = cli_env("HF_TOKEN")
     env.update(HF_HOME=str(root / "hf"), HF_HUB_CACHE=str(root / "hub"), HF_HUB_OFFLINE="1",
                TORCH_HOME=str(root / "torch"))  # fmt: skip
     return env

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose_config, mlflow_client, run_job
+from helpers import compose_config, mlflow_client, run_job
 from trainwise.errors import Interrupted, UserError
 
 # Deterministic, 5 epochs of 4 batches; at this learning rate the best validation epoch (the 4th) is not the last.
@@ -97,7 +97,7 @@ def _child(tmp_path: Path, store_uri: str, body: str, timeout: float = 120) -> s
     script = textwrap.dedent(f"""
         import os, signal, sys, threading, time
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from conftest import run_job
+        from helpers import run_job
         from pathlib import Path
         tmp, uri = Path({str(tmp_path)!r}), {store_uri!r}
     """) + textwrap.dedent(body)

@@ -9,7 +9,7 @@ import signal
 import pytest
 import torch
 
-from conftest import compose_config, mlflow_client, run_job
+from helpers import compose_config, mlflow_client, run_job
 from trainwise.callbacks import GracefulStop
 from trainwise.errors import Interrupted
 from trainwise.strategies.unfreeze import UnfreezeBackbone

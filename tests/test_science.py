@@ -3,14 +3,13 @@ Slow (a real foundation and 12 runs): `make test-all`."""
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import sys
 
 import pytest
 
-from conftest import mlflow_client
+from helpers import cli_env, mlflow_client
 
 
 @pytest.mark.slow
@@ -24,7 +23,7 @@ def test_finetune_beats_scratch_clearly_at_small_data_and_the_gap_narrows(tmp_pa
         "dataset.batch_size=32",
         "trainer.max_epochs=10",
     ]  # fmt: skip (data_efficiency's)
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = cli_env()
     result = subprocess.run([sys.executable, "-m", "trainwise", "train", *args],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -3,19 +3,21 @@ and report read back over HTTP, and reproduce from it."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import mlflow_client
+import pytest
+
+from helpers import cli_env, mlflow_client
 
 
+@pytest.mark.slow  # ~55 s; test_lease's two-machine test runs trainwise against a real server in `make test`
 def test_a_parallel_sweep_against_a_server_then_reproduce(tmp_path, mlflow_server):
     mlflow_server = mlflow_server.uri
     work = tmp_path / "work"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = cli_env()
     args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "strategy=scratch,full", "profile=smoke",
             "tracking=server", f"tracking.uri={mlflow_server}"]  # fmt: skip
     result = subprocess.run([sys.executable, "-m", "trainwise", "train", *args],

@@ -7,7 +7,7 @@ from importlib import metadata
 import pytest
 import torch
 
-from conftest import Terminal, compose_config, mlflow_client, run_job
+from helpers import Terminal, compose_config, mlflow_client, run_job
 from trainwise.strategies import foundation_hash
 
 EPOCH_METRICS = {"train/loss", "val/loss", "val/acc"}

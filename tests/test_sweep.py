@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import compose_config, mlflow_client
+from helpers import cli_env, compose_config, mlflow_client
 
 
 def _train(cwd: Path, *args: str, timeout: int = 400) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = cli_env()
     command = [sys.executable, "-m", "trainwise", "train", *args, "profile=smoke"]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -55,7 +54,7 @@ def test_compare_experiment_then_report_from_mlflow_alone(tmp_path):
 
     for args in (["--sweep", parent.info.run_id], ["--experiment", "compare"], []):
         out = tmp_path / f"report{len(args)}"
-        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        env = cli_env()
         rebuilt = subprocess.run(
             [sys.executable, "-m", "trainwise", "report", *args, "--out", str(out)],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,

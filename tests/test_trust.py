@@ -3,14 +3,13 @@ configs name, at any depth, unless the user says they trust the run's author."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import mlflow_client, run_job
+from helpers import cli_env, mlflow_client, run_job
 from trainwise.errors import UserError
 from trainwise.tracking import logged
 
@@ -43,7 +42,7 @@ def _tamper(tmp_path, store_uri, run_id: str) -> str:
 def test_reproduce_refuses_a_nested_target_that_would_run_code(tmp_path, store_uri):
     original = run_job(tmp_path / "a", store_uri, "strategy=scratch")
     marker = _tamper(tmp_path, store_uri, original.run_id)
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = cli_env()
     command = [sys.executable, "-m", "trainwise", "reproduce", original.run_id, "--tracking-uri", store_uri]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert not marker.exists(), "the logged config ran code"

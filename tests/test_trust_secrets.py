@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import mlflow_client
+from helpers import mlflow_client
 from trainwise.tracking import open_store
 from trainwise.tracking.run import TrackedRun
 

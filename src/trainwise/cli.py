@@ -4,54 +4,60 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from trainwise.errors import UserError
 
-_DESCRIPTION = """\
+_ABOUT = """\
 Measure, on your data and compute, whether to train from scratch, train fully on a large dataset,
-or fine-tune a pretrained model. Every run lands in MLflow.
-
-commands:
-  train [overrides]   one run; -m sweeps, e.g.  trainwise train -m strategy=scratch,full,finetune
-                      (`trainwise train --help` lists the config groups and their options)
-  report [--sweep RUN_ID | --experiment NAME] [--out DIR]
-                      the comparison table and plots, rebuilt from MLflow (default: the newest sweep)
-  reproduce RUN_ID    run a logged run again from its logged config; compare the metrics (exit 1 if they differ
-                      or if the run logged none to compare)
-  ui                  the MLflow UI for the configured store, on 127.0.0.1
-"""
+or fine-tune a pretrained model. Every run lands in MLflow."""
 
 _TRACKING_HELP = "wins over $MLFLOW_TRACKING_URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
 _DEFAULT_URI = "sqlite:///mlflow.db"
-_COMMANDS = "train, report, reproduce, ui"
+
+
+@dataclass(frozen=True)
+class Command:
+    """One `trainwise <name>` command: the function it runs, and its lines in `trainwise --help`."""
+
+    run: Callable[[list[str]], int]
+    usage: str
+    help: str
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: trainwise <command> [args]\n\n{_DESCRIPTION}")
+        print(f"usage: trainwise <command> [args]\n\n{_help_text()}")
         raise SystemExit(0 if argv else 2)
-    command, args = argv[0], argv[1:]
+    name, args = argv[0], argv[1:]
+    command = COMMANDS.get(name)
+    if command is None:
+        print(
+            f"error: unknown command {name!r}; commands: {', '.join(COMMANDS)} (see trainwise --help)", file=sys.stderr
+        )
+        raise SystemExit(2)
     try:
-        if command == "train":
-            raise SystemExit(_train(args))
-        if command == "report":
-            raise SystemExit(_report(args))
-        if command == "reproduce":
-            raise SystemExit(_reproduce(args))
-        if command == "ui":
-            raise SystemExit(_ui(args))
+        raise SystemExit(command.run(args))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
-    print(
-        f"error: unknown command {command!r}; commands: train, report, reproduce, ui (see trainwise --help)",
-        file=sys.stderr,
-    )
-    raise SystemExit(2)
+
+
+def _help_text() -> str:
+    lines = [_ABOUT, "", "commands:"]
+    for command in COMMANDS.values():
+        first, *rest = command.help.splitlines()
+        if len(command.usage) < 20:
+            lines.append(f"  {command.usage:<20}{first}")
+        else:
+            lines += [f"  {command.usage}", f"  {'':<20}{first}"]
+        lines += [f"  {'':<20}{line}" for line in rest]
+    return "\n".join(lines) + "\n"
 
 
 def _train(args: list[str]) -> int:
@@ -157,3 +163,26 @@ def _default_experiment_id(uri: str) -> str | None:
     experiments = client.search_experiments(order_by=["last_update_time DESC"])
     named = [e for e in experiments if e.name != "Default"]
     return named[0].experiment_id if named else None
+
+
+# The commands, in the order `trainwise --help` lists them.
+COMMANDS = {
+    "train": Command(
+        _train,
+        "train [overrides]",
+        "one run; -m sweeps, e.g.  trainwise train -m strategy=scratch,full,finetune\n"
+        "(`trainwise train --help` lists the config groups and their options)",
+    ),
+    "report": Command(
+        _report,
+        "report [--sweep RUN_ID | --experiment NAME] [--out DIR]",
+        "the comparison table and plots, rebuilt from MLflow (default: the newest sweep)",
+    ),
+    "reproduce": Command(
+        _reproduce,
+        "reproduce RUN_ID",
+        "run a logged run again from its logged config; compare the metrics (exit 1 if they differ\n"
+        "or if the run logged none to compare)",
+    ),
+    "ui": Command(_ui, "ui", "the MLflow UI for the configured store, on 127.0.0.1"),
+}

@@ -1,0 +1,109 @@
+"""`trainwise report`: the comparison of a sweep or an experiment, built from MLflow alone.
+
+Outputs: a rich table in the terminal, `report.md`, a self-contained `report.html` (images embedded) and the
+PNG plots, written to `--out` and logged under `report/` on the sweep's parent run.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainwise.report.collect import RunRecord, collect_runs
+from trainwise.report.table import COLUMNS, Row, group_rows, summary_lines, table_cells
+
+
+@dataclass
+class Report:
+    title: str
+    rows: list[Row]
+    records: list[RunRecord]
+    cells: list[list[str]]
+    summary: list[str]
+    files: list[Path]
+
+    @property
+    def failed_runs(self) -> list[RunRecord]:
+        return [r for r in self.records if r.failed]
+
+    def best_run(self) -> RunRecord | None:
+        """The finished target-data run with the best validation accuracy (a foundation's is on the source data)."""
+        done = [r for r in self.records if not r.failed and r.on_target and "val/acc_best" in r.metrics]
+        return max(done, key=lambda r: r.metrics["val/acc_best"]) if done else None
+
+    def print(self) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=self.title, show_lines=False)
+        for column in COLUMNS:
+            table.add_column(
+                column, justify="left" if column in ("strategy", "trained on (images)", "weights from") else "right"
+            )
+        for row in self.cells:
+            table.add_row(*row)
+        console = Console(width=max(160, Console().width))
+        console.print(table)
+        for line in self.summary:
+            console.print(line)
+        if self.files:
+            console.print(f"Report: {self.files[0].parent}")
+
+
+def build_report(
+    store,
+    sweep_run_id: str | None = None,
+    experiment: str | None = None,
+    out_dir: Path | None = None,
+    log_to_parent: bool = False,
+) -> Report:
+    records, experiment_id = collect_runs(store, sweep_run_id=sweep_run_id, experiment=experiment)
+    rows = group_rows(records)
+    title = f"trainwise comparison - {'sweep ' + sweep_run_id[:8] if sweep_run_id else 'experiment ' + str(experiment)}"
+    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="trainwise-report-"))
+    out.mkdir(parents=True, exist_ok=True)
+    from trainwise.report.plots import draw_all
+
+    images = draw_all(rows, records, out)
+    report = Report(title, rows, records, table_cells(rows), summary_lines(rows, records), [])
+    report.files = [_write_markdown(report, images, out), _write_html(report, images, out), *images]
+    if log_to_parent and sweep_run_id:
+        for path in report.files:
+            store.client.log_artifact(sweep_run_id, str(path), "report")
+    return report
+
+
+def _write_markdown(report: Report, images: list[Path], out: Path) -> Path:
+    lines = [f"# {report.title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in report.cells]
+    lines += ["", *[f"- {line}" for line in report.summary], ""]
+    lines += [f"![{p.stem}]({p.name})" for p in images]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _write_html(report: Report, images: list[Path], out: Path) -> Path:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in report.cells)
+    facts = "".join(f"<li>{html.escape(line)}</li>" for line in report.summary)
+    pictures = "".join(
+        f'<figure><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"></figure>'
+        for p in images
+    )
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
+        "img{max-width:100%}"
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>"
+        f"<style>{style}</style></head><body><h1>{html.escape(report.title)}</h1>"
+        f"<table><tr>{head}</tr>{body}</table><ul>{facts}</ul>{pictures}</body></html>"
+    )
+    path = out / "report.html"
+    path.write_text(page)
+    return path
