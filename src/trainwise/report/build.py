@@ -18,6 +18,10 @@ from trainwise.report.table import COLUMNS, Row, group_rows, summary_lines, tabl
 
 @dataclass
 class Report:
+    """A built comparison: one row per strategy and setting (`rows`, mean ± std over seeds), the runs behind
+    them (`records`), the table as text (`cells`), the summary lines, and the files written (report.md,
+    report.html, the PNGs). `print()` shows it in the terminal."""
+
     title: str
     rows: list[Row]
     records: list[RunRecord]
@@ -60,6 +64,10 @@ def build_report(
     out_dir: Path | None = None,
     log_to_parent: bool = False,
 ) -> Report:
+    """Compare the runs of a sweep (its parent's run id) or of a whole MLflow experiment (its name), from `store`
+    alone. Writes report.md, report.html and the plots to `out_dir` (a new temporary folder if None) and, with
+    log_to_parent, logs them under `report/` on the sweep's parent run. Raises UserError when there is nothing
+    to report on."""
     records, experiment_id = collect_runs(store, sweep_run_id=sweep_run_id, experiment=experiment)
     rows = group_rows(records)
     title = f"trainwise comparison - {'sweep ' + sweep_run_id[:8] if sweep_run_id else 'experiment ' + str(experiment)}"

@@ -1,0 +1,1 @@
+"""One module per benchmark figure; `run.py` runs them and prints the table."""
