@@ -106,3 +106,19 @@ time.sleep(600)
     assert 1.0 <= time.monotonic() - killed < 10  # about ttl_s after the last heartbeat
     waiter.release()
     assert not [e.name for e in client.search_experiments() if e.name.startswith("trainwise-lease-")]
+
+
+def test_the_ui_link_opens_the_runs_not_a_lease_held_meanwhile(store_uri):
+    from mlflow import MlflowClient
+
+    from trainwise.cli import _default_experiment_id
+    from trainwise.tracking.lease import StoreLease
+
+    client = MlflowClient(store_uri)
+    runs = client.create_experiment("trainwise")
+    lease = StoreLease(client, "foundation-x")
+    lease.acquire()  # created after the runs' experiment: the newest one while it is held
+    try:
+        assert _default_experiment_id(store_uri) == runs
+    finally:
+        lease.release()

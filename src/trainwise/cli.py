@@ -157,11 +157,14 @@ def _ui(args: list[str]) -> int:
 
 
 def _default_experiment_id(uri: str) -> str | None:
+    """The experiment the UI link opens: the newest one with runs of trainwise's (not a foundation lease)."""
     from mlflow import MlflowClient
+
+    from trainwise.tracking.lease import PREFIX as LEASE_PREFIX
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiments = client.search_experiments(order_by=["last_update_time DESC"])
-    named = [e for e in experiments if e.name != "Default"]
+    named = [e for e in experiments if e.name != "Default" and not e.name.startswith(LEASE_PREFIX)]
     return named[0].experiment_id if named else None
 
 
