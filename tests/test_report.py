@@ -12,8 +12,9 @@ from trainwise.tracking import open_store
 
 
 def _job(
-    client, experiment_id, parent_id, strategy, seed, acc, fit, fraction="1.0", foundation=None, status="FINISHED"
-):
+    client, experiment_id, parent_id, strategy, seed, acc, fit, fraction="1.0", foundation=None, status="FINISHED",
+    settings=None,
+):  # fmt: skip
     tags = {
         "trainwise.role": "job",
         "trainwise.strategy": strategy,
@@ -23,6 +24,8 @@ def _job(
     }
     if foundation:
         tags["trainwise.foundation_run"] = foundation
+    if settings:  # what trainwise logs: the setting's hash as a tag, the keys as params
+        tags["trainwise.setting"] = "-".join(f"{k}={v}" for k, v in sorted(settings.items()))
     run = client.create_run(experiment_id, tags=tags)
     rid = run.info.run_id
     params = {
@@ -31,6 +34,7 @@ def _job(
         "strategy.data": "source" if strategy == "full" else "dataset",
         "strategy.weights": "pretrained" if foundation else "random",
         "data.train_size": str(int(1000 * float(fraction))),
+        **(settings or {}),
     }
     for key, value in params.items():
         client.log_param(rid, key, value)
@@ -62,16 +66,18 @@ def test_table_rows_are_mean_and_std_over_seeds(known_sweep, tmp_path):
     uri, parent = known_sweep
     report = build_report(open_store(uri), sweep_run_id=parent, out_dir=tmp_path)
     rows = {cells[0]: cells for cells in report.cells}
-    assert list(rows) == ["scratch", "full", "finetune"]
+    assert list(rows) == ["scratch", "finetune"]  # the foundation's figures are on its source data: apart
     assert rows["scratch"][8] == f"{0.92:.3f} ± {statistics.stdev([0.90, 0.92, 0.94]):.3f}"
     assert rows["finetune"][8] == f"{0.97:.3f} ± {statistics.stdev([0.96, 0.97, 0.98]):.3f}"
     assert rows["finetune"][2] == "foundation" and rows["scratch"][2] == "random init"
     assert rows["finetune"][3] == "10 / 100"
-    assert rows["finetune"][10] == "45.0 (40.0 + 5.0)"  # total cost with and without pretraining
-    assert rows["scratch"][11] == "3"  # the FAILED run is not averaged in...
+    assert rows["finetune"][11] == "45.0 (40.0 + 5.0)"  # total cost with and without pretraining
+    assert rows["scratch"][12] == "3"  # the FAILED run is not averaged in...
     assert len(report.failed_runs) == 1  # ...but the report marks it
     summary = " ".join(report.summary)
     assert "Best test accuracy on the target data: finetune" in summary
+    assert "Foundation full on glyphs (1,000 images; its source data, not the target): test acc 0.800" in summary
+    assert "3 target run(s) here start from it" in summary
     assert "did not finish" in summary
     assert "pays for itself in time after 8.0 fine-tunes" in summary  # 40 s / (10 s - 5 s), failed run left out
     assert report.best_run().metrics["val/acc_best"] == 0.98
@@ -124,11 +130,65 @@ def test_a_missing_foundation_cost_makes_the_total_unknown_not_smaller(store_uri
     _job(client, experiment_id, parent, "scratch", 0, 0.9, 10.0)
     report = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path)
     rows = {cells[0]: cells for cells in report.cells}
-    assert rows["finetune"][10] == "? (? + 5.0)"  # one seed's foundation is a file: not "45.0 (40.0 + 5.0)"
-    assert rows["linear_probe"][10] == "? (? + 2.0)"  # not "2.0", which reads as a run without pretraining
-    assert rows["scratch"][10] == "10.0"
+    assert rows["finetune"][11] == "? (? + 5.0)"  # one seed's foundation is a file: not "45.0 (40.0 + 5.0)"
+    assert rows["linear_probe"][11] == "? (? + 2.0)"  # not "2.0", which reads as a run without pretraining
+    assert rows["scratch"][11] == "10.0"
     summary = " ".join(report.summary)
     assert "2 run(s) started from weights whose training time is not in this store" in summary
-    assert "per second of training, pretraining included: scratch" in summary  # the unknown totals are not ranked
     assert "report.md" in {p.name for p in report.files}
     assert "? (? + 5.0)" in (tmp_path / "report.md").read_text()
+
+
+def test_runs_of_different_settings_are_rows_of_their_own_labelled_by_what_differs(store_uri, tmp_path):
+    """An lr sweep of fine-tunes is two rows, not one 'finetune' mean pooling both learning rates."""
+    client = mlflow_client(store_uri)
+    experiment_id = client.create_experiment("lr-sweep")
+    parent = client.create_run(experiment_id, tags={"trainwise.role": "sweep"}).info.run_id
+    full = _job(client, experiment_id, parent, "full", 0, 0.8, 40.0)
+    for seed in (0, 1):
+        _job(client, experiment_id, parent, "scratch", seed, 0.90, 10.0, settings={"optimizer.lr": "0.01"})
+        for lr, acc in (("0.01", 0.95), ("0.001", 0.70)):
+            _job(client, experiment_id, parent, "finetune", seed, acc, 5.0, foundation=full,
+                 settings={"optimizer.lr": lr})  # fmt: skip
+    report = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path)
+    rows = {cells[0]: cells for cells in report.cells}
+    assert list(rows) == ["scratch", "finetune lr=0.001", "finetune lr=0.01"]
+    assert rows["finetune lr=0.01"][8] == "0.950 ± 0.000" and rows["finetune lr=0.01"][12] == "2"
+    assert rows["finetune lr=0.001"][8] == "0.700 ± 0.000"
+
+
+def test_intervals_and_the_paired_comparison_are_those_of_scipy(known_sweep, tmp_path):
+    from scipy import stats
+
+    uri, parent = known_sweep
+    report = build_report(open_store(uri), sweep_run_id=parent, out_dir=tmp_path)
+    rows = {cells[0]: cells for cells in report.cells}
+    scratch = [0.90, 0.92, 0.94]
+    low, high = stats.t.interval(0.95, 2, loc=statistics.fmean(scratch), scale=stats.sem(scratch))
+    assert rows["scratch"][9] == f"{low:.3f} to {high:.3f}"
+    # finetune - scratch, seeds matched: 0.06, 0.05, 0.04
+    finetune = [0.96, 0.97, 0.98]
+    differences = [f - s for f, s in zip(finetune, scratch, strict=True)]
+    low, high = stats.t.interval(0.95, 2, loc=statistics.fmean(differences), scale=stats.sem(differences))
+    p_value = stats.ttest_rel(finetune, scratch).pvalue
+    line = next(line for line in report.summary if line.startswith("finetune − scratch"))
+    assert line == (f"finetune − scratch: +5.0 points (95 % CI {100 * low:+.1f} to {100 * high:+.1f}, "
+                    f"paired t-test p={p_value:.3f}, 3 seeds).")  # fmt: skip
+    assert "leaves out the pretraining's randomness" in " ".join(report.summary)
+
+
+def test_an_interval_spanning_zero_and_a_single_seed_are_said_plainly(store_uri, tmp_path):
+    client = mlflow_client(store_uri)
+    experiment_id = client.create_experiment("unclear")
+    parent = client.create_run(experiment_id, tags={"trainwise.role": "sweep"}).info.run_id
+    full = _job(client, experiment_id, parent, "full", 0, 0.8, 40.0)
+    for seed, (scratch, finetune) in enumerate([(0.90, 0.93), (0.92, 0.90), (0.94, 0.95)]):
+        _job(client, experiment_id, parent, "scratch", seed, scratch, 10.0, fraction="1.0")
+        _job(client, experiment_id, parent, "finetune", seed, finetune, 5.0, fraction="1.0", foundation=full)
+    _job(client, experiment_id, parent, "scratch", 0, 0.50, 10.0, fraction="0.1")
+    _job(client, experiment_id, parent, "finetune", 0, 0.60, 5.0, fraction="0.1", foundation=full)
+    summary = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path).summary
+    assert any(line.startswith("finetune − scratch: +0.7 points") and "no clear difference at 3 seeds" in line
+               for line in summary)  # fmt: skip
+    assert any(line.startswith("finetune @ 0.1 − scratch @ 0.1: +10.0 points at 1 seed; nothing can be said")
+               for line in summary)  # fmt: skip

@@ -37,6 +37,16 @@ def identity(cfg: DictConfig) -> dict:
     return {k: v for k, v in to_container(cfg).items() if k not in launch_only}
 
 
+def setting(cfg: DictConfig) -> dict:
+    """What a run computes apart from its randomness: `identity` without `seed` and `foundation.seed`. Runs that
+    differ only in those are seeds of one setting, and the report pools them into one row."""
+    tree = identity(cfg)
+    tree.pop("seed", None)
+    if isinstance(tree.get("foundation"), dict):
+        tree["foundation"] = {k: v for k, v in tree["foundation"].items() if k != "seed"}
+    return tree
+
+
 def config_hash(tree: dict) -> str:
     """A short, stable hash of what a config computes (data-loading knobs excluded)."""
 

@@ -49,7 +49,7 @@ class Report:
             )
         for row in self.cells:
             table.add_row(*row)
-        console = Console(width=max(160, Console().width))
+        console = Console(width=max(190, Console().width))
         console.print(table)
         for line in self.summary:
             console.print(line)

@@ -20,7 +20,9 @@ def pyplot():
 
 
 def draw_all(rows: list[Row], records: list[RunRecord], out_dir: Path) -> list[Path]:
+    """The plots hold target-data runs only: a foundation's accuracy is on its own source data."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [r for r in rows if r.on_target]
     paths = [_val_acc_curves(rows, out_dir), _accuracy_vs_cost(rows, out_dir)]
     fractions = {r.key[3] for r in rows if r.key[3] is not None}
     if len(fractions) > 1:
@@ -70,11 +72,9 @@ def _accuracy_vs_cost(rows: list[Row], out_dir: Path) -> Path:
 def _data_efficiency(rows: list[Row], out_dir: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    strategies = sorted({r.key[0] for r in rows if r.key[3] is not None})
-    for index, strategy in enumerate(strategies):
-        points = sorted(
-            (r.train_size, r.values("test/acc")) for r in rows if r.key[0] == strategy and r.key[3] is not None
-        )
+    series = sorted({r.name for r in rows if r.key[3] is not None})  # a strategy and its other settings
+    for index, strategy in enumerate(series):
+        points = sorted((r.train_size, r.values("test/acc")) for r in rows if r.name == strategy and r.key[3])
         sizes = [p[0] for p in points]
         means = [statistics.fmean(p[1]) for p in points]
         lows = [min(p[1]) for p in points]

@@ -6,22 +6,34 @@ import statistics
 from dataclasses import dataclass
 
 from trainwise.report.collect import RunRecord
+from trainwise.report.stats import mean_interval, paired_difference
 
 WEIGHTS_FROM = {"random": "random init", "pretrained": "foundation"}
 
 
 @dataclass
 class Row:
-    key: tuple
+    """One setting (the run's config apart from its seeds) and its runs, one per seed."""
+
+    key: tuple  # (strategy, model, dataset, train fraction or None, setting hash)
     runs: list[RunRecord]
+    detail: str = ""  # what sets this row apart from the other rows of its strategy, e.g. "lr=0.01 freeze=backbone"
+
+    @property
+    def name(self) -> str:
+        """The strategy and what sets the row apart, without the data fraction."""
+        return f"{self.key[0]} {self.detail}".strip()
 
     @property
     def label(self) -> str:
-        strategy, _model, _data, fraction = self.key
-        return strategy if fraction in ("1.0", "1", None) else f"{strategy} @ {float(fraction):g}"
+        fraction = self.key[3]
+        return self.name if fraction in ("1.0", "1", None) else f"{self.name} @ {float(fraction):g}"
 
     def values(self, metric: str) -> list[float]:
         return [r.metrics[metric] for r in self.runs if metric in r.metrics]
+
+    def by_seed(self, metric: str) -> dict[str, float]:
+        return {r.params.get("seed", r.run_id): r.metrics[metric] for r in self.runs if metric in r.metrics}
 
     def mean(self, metric: str) -> float | None:
         values = self.values(metric)
@@ -33,6 +45,10 @@ class Row:
 
     def param(self, name: str) -> str:
         return self.runs[0].params.get(name, "?")
+
+    @property
+    def on_target(self) -> bool:
+        return self.runs[0].on_target
 
     @property
     def train_size(self) -> int:
@@ -50,8 +66,13 @@ class Row:
         return statistics.fmean(values) if values and not self.pretraining_unknown else None
 
 
+# Params that never tell settings apart: seeds, what the data turned out to be, where runs are tracked.
+_NOT_A_SETTING = ("seed", "foundation.seed", "data.", "tracking.", "resume", "force_resume", "trust", "sweep.")
+
+
 def group_rows(records: list[RunRecord]) -> list[Row]:
-    """Group finished runs by what differs between strategies and settings; seeds are pooled."""
+    """One row per setting: runs whose configs differ only in their seeds (tag `trainwise.setting`) are pooled;
+    runs of different learning rates, freezing or any other key are not."""
     groups: dict[tuple, list[RunRecord]] = {}
     for record in records:
         if record.failed:
@@ -61,13 +82,27 @@ def group_rows(records: list[RunRecord]) -> list[Row]:
             record.tags.get("trainwise.model"),
             record.tags.get("trainwise.dataset"),
             record.params.get("dataset.train_fraction") if record.params.get("strategy.data") == "dataset" else None,
+            record.tags.get("trainwise.setting", ""),
         )
         groups.setdefault(key, []).append(record)
+    rows = [Row(k, v) for k, v in groups.items()]
+    _describe(rows)
     order = {"scratch": 0, "full": 1, "finetune": 2}
-    return [
-        Row(k, v)
-        for k, v in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 3), kv[0][0], float(kv[0][3] or 1)))
-    ]
+    return sorted(rows, key=lambda r: (order.get(r.key[0], 3), r.key[0], r.detail, float(r.key[3] or 1)))
+
+
+def _describe(rows: list[Row]) -> None:
+    """Label each row by the params that differ between the rows of its strategy (the data fraction aside)."""
+    for strategy in {r.key[0] for r in rows}:
+        same = [r for r in rows if r.key[0] == strategy]
+        params = [r.runs[0].params for r in same]
+        keys = sorted({k for p in params for k in p if not k.startswith(_NOT_A_SETTING)} - {"dataset.train_fraction"})
+        varying = [k for k in keys if len({p.get(k) for p in params}) > 1]
+        short = {k: k.rsplit(".", 1)[-1] for k in varying}
+        if len(set(short.values())) < len(short):  # e.g. optimizer.lr and foundation.optimizer.lr
+            short = {k: k for k in varying}
+        for row, p in zip(same, params, strict=True):
+            row.detail = " ".join(f"{short[k]}={p.get(k, '-')}" for k in varying)
 
 
 def _pm(row: Row, metric: str, digits: int = 3) -> str:
@@ -87,6 +122,7 @@ COLUMNS = [
     "images/s",
     "peak MB",
     "test acc",
+    "test acc 95 % CI",
     "test loss",
     "total s (incl. pretraining)",
     "runs",
@@ -94,8 +130,10 @@ COLUMNS = [
 
 
 def table_cells(rows: list[Row]) -> list[list[str]]:
+    """The target table: runs evaluated on the target data only (a foundation's figures are on its source data,
+    and `foundation_lines` gives them apart)."""
     cells = []
-    for row in rows:
+    for row in (r for r in rows if r.on_target):
         trainable, total = row.mean("model/params_trainable"), row.mean("model/params_total")
         fit = row.mean("cost/fit_seconds") or 0.0
         foundation = row.foundation_seconds
@@ -110,12 +148,18 @@ def table_cells(rows: list[Row]) -> list[list[str]]:
                 f"{row.mean('cost/samples_per_second') or 0:,.0f}",
                 f"{row.mean('cost/peak_memory_mb') or 0:,.0f}",
                 _pm(row, "test/acc"),
+                _interval(row.values("test/acc")),
                 _pm(row, "test/loss"),
                 _total(fit, foundation, row.pretraining_unknown),
                 str(len(row.runs)),
             ]
         )
     return cells
+
+
+def _interval(values: list[float]) -> str:
+    interval = mean_interval(values)
+    return f"{interval[0]:.3f} to {interval[1]:.3f}" if interval else "- (1 seed)"
 
 
 def _total(fit: float, foundation: float | None, unknown: bool) -> str:
@@ -126,24 +170,13 @@ def _total(fit: float, foundation: float | None, unknown: bool) -> str:
 
 def summary_lines(rows: list[Row], records: list[RunRecord]) -> list[str]:
     """Facts read off the numbers: no advice."""
-    lines: list[str] = []
-    target = [r for r in rows if r.runs[0].on_target and r.mean("test/acc") is not None]
+    lines: list[str] = foundation_lines(rows)
+    target = [r for r in rows if r.on_target and r.mean("test/acc") is not None]
     if target:
         best = max(target, key=lambda r: r.mean("test/acc"))
         lines.append(f"Best test accuracy on the target data: {best.label} ({_pm(best, 'test/acc')}).")
+        lines += comparison_lines(target)
 
-        def per_second(r: Row) -> float:
-            return (r.mean("test/acc") or 0) / max(
-                1e-9, (r.mean("cost/fit_seconds") or 0) + (r.foundation_seconds or 0)
-            )
-
-        costed = [r for r in target if not r.pretraining_unknown]
-        if costed:
-            fastest = max(costed, key=per_second)
-            lines.append(
-                f"Best test accuracy per second of training, pretraining included: {fastest.label} "
-                f"({per_second(fastest):.4f} accuracy/s)."
-            )
     unknown = [r for r in records if r.pretraining_unknown and not r.failed]
     if unknown:
         sources = sorted({r.tags["trainwise.foundation_run"] for r in unknown})
@@ -176,4 +209,53 @@ def summary_lines(rows: list[Row], records: list[RunRecord]) -> list[str]:
             f"{len(failed)} run(s) did not finish: "
             + ", ".join(f"{r.strategy} {r.run_id[:8]} ({r.status})" for r in failed)
         )
+    return lines
+
+
+def foundation_lines(rows: list[Row]) -> list[str]:
+    """The foundations apart from the target table: what each trained on, its accuracy on its own source data,
+    its cost, and how many target runs here start from it."""
+    lines = []
+    for row in (r for r in rows if not r.on_target):
+        ids = {r.run_id for r in row.runs}
+        target_runs = [r for other in rows if other.on_target for r in other.runs]
+        users = [r for r in target_runs if r.tags.get("trainwise.foundation_run") in ids]
+        lines.append(
+            f"Foundation {row.label} on {row.key[2]} ({row.train_size:,} images; its source data, not the target): "
+            f"test acc {_pm(row, 'test/acc')} on {row.key[2]}, fit {_pm(row, 'cost/fit_seconds', 1)} s; "
+            f"{len(users)} target run(s) here start from it."
+        )
+    return lines
+
+
+def comparison_lines(target: list[Row]) -> list[str]:
+    """Each fine-tune-like row against each from-scratch row on the same data fraction: the paired difference in
+    test accuracy over the seeds both ran, with its 95 % interval and paired t-test."""
+    lines = []
+    scratch_rows = [r for r in target if r.param("strategy.weights") == "random"]
+    for pretrained in (r for r in target if r.param("strategy.weights") == "pretrained"):
+        for scratch in (r for r in scratch_rows if r.key[1:4] == pretrained.key[1:4]):
+            paired = paired_difference(scratch.by_seed("test/acc"), pretrained.by_seed("test/acc"))
+            if paired is None:
+                continue
+            points = f"{100 * paired.mean:+.1f} points"
+            name = f"{pretrained.label} − {scratch.label}"
+            if paired.interval is None:
+                lines.append(
+                    f"{name}: {points} at 1 seed; nothing can be said about uncertainty with one seed "
+                    "(run 3 or more, e.g. seed=0,1,2)."
+                )
+                continue
+            low, high = (100 * v for v in paired.interval)
+            verdict = "" if paired.clear else f"; no clear difference at {paired.seeds} seeds"
+            lines.append(
+                f"{name}: {points} (95 % CI {low:+.1f} to {high:+.1f}, paired t-test p={paired.p_value:.3f}, "
+                f"{paired.seeds} seeds{verdict})."
+            )
+            foundations = {r.tags.get("trainwise.foundation_run") for r in pretrained.runs}
+            if len(foundations) == 1:
+                lines.append(
+                    f"  The interval leaves out the pretraining's randomness: every {pretrained.label} run starts "
+                    "from one foundation (sweep foundation.seed to include it)."
+                )
     return lines

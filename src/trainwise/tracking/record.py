@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainwise.config import config_hash, flatten, identity, mask_secrets, mask_text, to_container
+from trainwise.config import config_hash, flatten, identity, mask_secrets, mask_text, setting, to_container
 
 if TYPE_CHECKING:
     from trainwise.context import JobContext, Plan
@@ -43,6 +43,7 @@ def run_tags(cfg: DictConfig, data_name: str, ctx: JobContext) -> dict[str, str]
         "trainwise.dataset": data_name,
         "trainwise.role": "job",
         "trainwise.config_hash": config_hash(identity(cfg)),
+        "trainwise.setting": config_hash(setting(cfg)),  # the report's row: the config without its seeds
         "trainwise.job_dir": str(ctx.job_dir.resolve()),
         **_process_tags(),
         **code_and_versions(),
