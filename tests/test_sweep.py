@@ -51,6 +51,9 @@ def test_compare_experiment_then_report_from_mlflow_alone(tmp_path):
     _, jobs = _runs(tmp_path, "job")
     assert sorted(r.data.tags["trainwise.strategy"] for r in jobs) == ["finetune", "full", "scratch"]
     assert parent.data.tags["trainwise.best_run"] in {r.info.run_id for r in jobs}
+    # The summary is the parent's description, which the MLflow UI shows on the run's overview.
+    description = parent.data.tags["mlflow.note.content"]
+    assert "Best test accuracy on the target data" in description and "Foundation full on glyphs" in description
 
     for args in (["--sweep", parent.info.run_id], ["--experiment", "compare"], []):
         out = tmp_path / f"report{len(args)}"

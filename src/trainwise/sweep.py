@@ -95,6 +95,8 @@ def finish_sweep(interrupted: bool = False) -> None:
         out_dir = Path(sweep_dir) / "report" if sweep_dir else None
         report = build_report(store, sweep_run_id=run_id, out_dir=out_dir, log_to_parent=True)
         report.print()
+        # The parent's description (the MLflow UI's overview of the run): the summary's facts, one per line.
+        store.client.set_tag(run_id, "mlflow.note.content", "\n\n".join(report.summary))
         if report.failed_runs:
             status = "FAILED"
         best = report.best_run()
