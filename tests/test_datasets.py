@@ -364,3 +364,19 @@ def test_an_image_folder_trains_end_to_end(tmp_path, store_uri):
     assert run.data.params["data.num_classes"] == "3"
     assert run.data.params["dataset.root"] == str(root)
     assert 0.0 <= result.metrics["test/acc"] <= 1.0
+
+
+def test_a_fine_tune_that_shrinks_colour_photos_to_its_foundations_input_says_so(tmp_path, store_uri, capsys):
+    """RGB photos at 32 px fine-tuned from the default glyphs foundation (1x8x8): one warning line naming a better
+    source, and the run records the input it saw."""
+    root = _split_folder(tmp_path / "photos")
+    overrides = ("strategy=finetune", "dataset=imagefolder", f"dataset.root={root}", "dataset.image_size=32")
+    result = run_job(tmp_path, store_uri, *overrides)
+    out = capsys.readouterr().out
+    warning = [line for line in out.splitlines() if line.startswith("warning: the foundation takes 1x8x8")]
+    assert warning and "without its colour and 94 % of its pixels" in warning[0] and "source=imagefolder" in warning[0]
+    client = mlflow_client(store_uri)
+    assert client.get_run(result.run_id).data.tags["trainwise.input"] == "1x8x8"
+    scratch = run_job(tmp_path / "scratch", store_uri, *overrides[1:])
+    assert client.get_run(scratch.run_id).data.tags["trainwise.input"] == "3x32x32"
+    assert "warning: the foundation" not in capsys.readouterr().out

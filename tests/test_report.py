@@ -192,3 +192,19 @@ def test_an_interval_spanning_zero_and_a_single_seed_are_said_plainly(store_uri,
                for line in summary)  # fmt: skip
     assert any(line.startswith("finetune @ 0.1 − scratch @ 0.1: +10.0 points at 1 seed; nothing can be said")
                for line in summary)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("native", "used", "lost"),
+    [
+        ((3, 64), (1, 8), "its colour and 98 % of its pixels"),  # photos through the glyphs foundation
+        ((3, 32), (3, 32), None),
+        ((1, 28), (1, 8), "92 % of its pixels"),
+        ((1, 8), (3, 32), None),  # upsampling and repeating a grey channel lose nothing
+        ((3, 64), (3, 32), None),  # a quarter of the pixels kept: not flagged
+    ],
+)
+def test_what_a_fine_tune_throws_away_of_the_target_is_named(native, used, lost):
+    from trainwise.data.factory import adaptation_loss
+
+    assert adaptation_loss(native, used) == lost

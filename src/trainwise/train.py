@@ -66,9 +66,25 @@ def _setup_data(cfg: DictConfig, plan: Plan, world, tracked):
     min_batches = math.ceil(cfg.min_train_steps / cfg.trainer.max_epochs)
     data_cfg = strategies.training_data(cfg)
     datamodule = build_datamodule(data_cfg, cfg.seed, input_shape, min_batches)
+    _warn_if_lossy(datamodule, foundation, world)
     if plan.resume is None and world.is_global_zero:  # (the digest hashes every image: not on ranks that log nothing)
         record.log_data(tracked, data_cfg, datamodule, datamodule.steps_per_epoch(world.world_size))
     return datamodule
+
+
+def _warn_if_lossy(datamodule, foundation, world) -> None:
+    """A fine-tune sees the target as the foundation's input; one line when that throws most of it away."""
+    from trainwise.data.factory import adaptation_loss
+
+    lost = adaptation_loss(datamodule.native_shape, datamodule.input_shape) if foundation is not None else None
+    if lost and world.is_global_zero:
+        (c, s), (nc, ns) = datamodule.input_shape, datamodule.native_shape
+        print(
+            f"warning: the foundation takes {c}x{s}x{s} images, so this fine-tune sees the target's {nc}x{ns}x{ns} "
+            f"images without {lost}; a foundation closer to the target keeps them (source=imagefolder "
+            "source.root=<images like the target>, or strategy.pretrained=timm)",
+            flush=True,
+        )
 
 
 def _setup_model(cfg: DictConfig, plan: Plan, datamodule, tracked):
@@ -82,6 +98,7 @@ def _setup_model(cfg: DictConfig, plan: Plan, datamodule, tracked):
     from trainwise.strategies.freeze import freeze
 
     channels, image_size = datamodule.input_shape
+    tracked.set_tags({"trainwise.input": f"{channels}x{image_size}x{image_size}"})  # what the model saw
     net = build_model(cfg.model, datamodule.num_classes, channels, image_size)
     if plan.foundation is not None:
         skipped = pretrained.load_into(net, plan.foundation)

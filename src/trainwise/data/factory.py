@@ -23,5 +23,20 @@ def build_datamodule(
     if loader is None:
         raise UserError(f"dataset name {data_cfg.name!r} is unknown; choose one of: {', '.join(dataset_names())}")
     images = loader(data_cfg)
+    native = (int(images.images.shape[1]), int(images.images.shape[-1]))
     channels, size = input_shape or (images.images.shape[1], data_cfg.image_size)
-    return TensorDataModule(images.to_input(channels, size), data_cfg, seed, min_train_batches)
+    datamodule = TensorDataModule(images.to_input(channels, size), data_cfg, seed, min_train_batches)
+    datamodule.native_shape = native  # (channels, size) as loaded, before a foundation's input shape was forced
+    return datamodule
+
+
+def adaptation_loss(native: tuple[int, int], used: tuple[int, int]) -> str | None:
+    """What converting images of shape `native` (channels, size) to `used` throws away, in words; None when
+    little is lost (the colour kept, at least a quarter of the pixels)."""
+    lost = []
+    if native[0] == 3 and used[0] == 1:
+        lost.append("its colour")
+    kept = (used[1] / native[1]) ** 2
+    if kept < 0.25:
+        lost.append(f"{100 * (1 - kept):.0f} % of its pixels")
+    return " and ".join(lost) or None

@@ -43,10 +43,9 @@ class Report:
         from rich.table import Table
 
         table = Table(title=self.title, show_lines=False)
+        left = ("strategy", "trained on (images, input)", "weights from")
         for column in COLUMNS:
-            table.add_column(
-                column, justify="left" if column in ("strategy", "trained on (images)", "weights from") else "right"
-            )
+            table.add_column(column, justify="left" if column in left else "right")
         for row in self.cells:
             table.add_row(*row)
         console = Console(width=max(190, Console().width))

@@ -114,7 +114,7 @@ def _pm(row: Row, metric: str, digits: int = 3) -> str:
 
 COLUMNS = [
     "strategy",
-    "trained on (images)",
+    "trained on (images, input)",
     "weights from",
     "trainable / total params",
     "epochs",
@@ -140,7 +140,7 @@ def table_cells(rows: list[Row]) -> list[list[str]]:
         cells.append(
             [
                 row.label,
-                f"{row.key[2]} ({row.train_size})",
+                _trained_on(row),
                 WEIGHTS_FROM.get(row.param("strategy.weights"), row.param("strategy.weights")),
                 f"{int(trainable or 0):,} / {int(total or 0):,}",
                 f"{row.mean('cost/epochs') or 0:.0f}",
@@ -155,6 +155,13 @@ def table_cells(rows: list[Row]) -> list[list[str]]:
             ]
         )
     return cells
+
+
+def _trained_on(row: Row) -> str:
+    """The data, its labelled training images, and the input the model saw (tag trainwise.input): a fine-tune
+    sees the target at its foundation's input shape."""
+    shape = row.runs[0].tags.get("trainwise.input")
+    return f"{row.key[2]} ({row.train_size}, {shape})" if shape else f"{row.key[2]} ({row.train_size})"
 
 
 def _interval(values: list[float]) -> str:
