@@ -208,3 +208,20 @@ def test_what_a_fine_tune_throws_away_of_the_target_is_named(native, used, lost)
     from trainwise.data.factory import adaptation_loss
 
     assert adaptation_loss(native, used) == lost
+
+
+def test_an_experiment_report_counts_each_setting_and_seed_once_unless_asked_to_pool(store_uri, tmp_path):
+    """The same sweep run twice in one experiment, plus a reproduction: two seeds, not five."""
+    client = mlflow_client(store_uri)
+    experiment_id = client.create_experiment("twice")
+    for _ in range(2):
+        parent = client.create_run(experiment_id, tags={"trainwise.role": "sweep"}).info.run_id
+        for seed in (0, 1):
+            run_id = _job(client, experiment_id, parent, "scratch", seed, 0.9, 10.0, settings={"optimizer.lr": "0.01"})
+    client.set_tag(_job(client, experiment_id, parent, "scratch", 1, 0.9, 10.0, settings={"optimizer.lr": "0.01"}),
+                   "trainwise.reproduced_from", run_id)  # fmt: skip
+    one_sweep = build_report(open_store(store_uri), experiment="twice", out_dir=tmp_path / "a")
+    assert [cells[12] for cells in one_sweep.cells] == ["2"]
+    assert {r.run_id for r in one_sweep.records} >= {run_id}  # the newest of each seed
+    pooled = build_report(open_store(store_uri), experiment="twice", out_dir=tmp_path / "b", pool=True)
+    assert [cells[12] for cells in pooled.cells] == ["5"]

@@ -90,7 +90,12 @@ def _report(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="trainwise report", description="Compare the runs of a sweep or experiment.")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--sweep", metavar="PARENT_RUN_ID", help="a sweep's parent run (default: the newest sweep)")
-    which.add_argument("--experiment", metavar="NAME", help="every trainwise run of an MLflow experiment")
+    which.add_argument(
+        "--experiment",
+        metavar="NAME",
+        help="the runs of an MLflow experiment: the newest run of each setting and seed, reproductions left out",
+    )
+    parser.add_argument("--pool", action="store_true", help="with --experiment: every run, repeats included")
     parser.add_argument("--out", default="trainwise-report", help="folder for report.md, report.html and the PNGs")
     parser.add_argument("--tracking-uri", default=None, help=_TRACKING_HELP)
     opts = parser.parse_args(args)
@@ -112,7 +117,7 @@ def _report(args: list[str]) -> int:
         if not sweeps:
             raise UserError(f"no sweep in {store.uri}; give --experiment NAME or run `trainwise train -m ...` first")
         sweep = sweeps[0].info.run_id
-    build_report(store, sweep_run_id=sweep, experiment=opts.experiment, out_dir=Path(opts.out)).print()
+    build_report(store, sweep_run_id=sweep, experiment=opts.experiment, out_dir=Path(opts.out), pool=opts.pool).print()
     return 0
 
 

@@ -62,12 +62,13 @@ def build_report(
     experiment: str | None = None,
     out_dir: Path | None = None,
     log_to_parent: bool = False,
+    pool: bool = False,
 ) -> Report:
     """Compare the runs of a sweep (its parent's run id) or of a whole MLflow experiment (its name), from `store`
     alone. Writes report.md, report.html and the plots to `out_dir` (a new temporary folder if None) and, with
     log_to_parent, logs them under `report/` on the sweep's parent run. Raises UserError when there is nothing
     to report on."""
-    records, experiment_id = collect_runs(store, sweep_run_id=sweep_run_id, experiment=experiment)
+    records, experiment_id = collect_runs(store, sweep_run_id=sweep_run_id, experiment=experiment, pool=pool)
     rows = group_rows(records)
     title = f"trainwise comparison - {'sweep ' + sweep_run_id[:8] if sweep_run_id else 'experiment ' + str(experiment)}"
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="trainwise-report-"))

@@ -53,9 +53,12 @@ def _record(client, run, with_history: bool) -> RunRecord:
     return record
 
 
-def collect_runs(store, sweep_run_id: str | None = None, experiment: str | None = None) -> tuple[list[RunRecord], str]:
-    """Job runs of a sweep (its children, plus finished runs it reused) or of a whole experiment.
-    Returns the records and the experiment id."""
+def collect_runs(
+    store, sweep_run_id: str | None = None, experiment: str | None = None, pool: bool = False
+) -> tuple[list[RunRecord], str]:
+    """Job runs of a sweep (its children, plus finished runs it reused) or of an experiment. For an experiment,
+    by default one sweep's worth: the newest run of each setting and seed, reproduced runs left out (`pool`: every
+    run, as recorded). Returns the records and the experiment id."""
     client = store.client
     if sweep_run_id:
         try:
@@ -76,9 +79,23 @@ def collect_runs(store, sweep_run_id: str | None = None, experiment: str | None 
     records = [_record(client, run, with_history=True) for run in runs if run.data.tags.get("trainwise.role") == "job"]
     if not records:
         raise UserError("no trainwise runs to report on there yet; run `trainwise train -m ...` first")
+    if experiment and not pool:
+        records = _one_of_each(records)
     _attach_foundation_costs(client, records)
     records.sort(key=lambda r: r.start_ms)
     return records, experiment_id
+
+
+def _one_of_each(records: list[RunRecord]) -> list[RunRecord]:
+    """The newest run of each (setting, seed), reproductions left out: an experiment that ran the same sweep
+    twice, or reproduced a run, is not counted as more seeds."""
+    newest: dict[tuple, RunRecord] = {}
+    for record in sorted(records, key=lambda r: r.start_ms):
+        if "trainwise.reproduced_from" in record.tags:
+            continue
+        setting = record.tags.get("trainwise.setting") or record.tags.get("trainwise.config_hash") or record.run_id
+        newest[(record.strategy, setting, record.params.get("seed"))] = record
+    return list(newest.values())
 
 
 def _attach_foundation_costs(client, records: list[RunRecord]) -> None:
