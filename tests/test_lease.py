@@ -23,6 +23,7 @@ def _machine(tmp_path, name: str) -> tuple[dict, str]:
     return env | {"TRAINWISE_CACHE": str(home / "cache"), "HOME": str(home)}, str(home / "work")
 
 
+@pytest.mark.slow  # ~45 s with the server; make test keeps the lease's own tests (TTL, UI) on SQLite
 def test_two_machines_sharing_a_server_train_one_foundation(tmp_path, mlflow_server):
     """Two fine-tunes started at once on two machines need the same missing foundation: one trains it, the other
     waits for it in the store and fine-tunes from it (each trained its own with a lock under ~/.cache)."""
