@@ -223,9 +223,9 @@ def foundation_lines(rows: list[Row]) -> list[str]:
     """The foundations apart from the target table: what each trained on, its accuracy on its own source data,
     its cost, and how many target runs here start from it."""
     lines = []
+    target_runs = [r for other in rows if other.on_target for r in other.runs]
     for row in (r for r in rows if not r.on_target):
         ids = {r.run_id for r in row.runs}
-        target_runs = [r for other in rows if other.on_target for r in other.runs]
         users = [r for r in target_runs if r.tags.get("trainwise.foundation_run") in ids]
         lines.append(
             f"Foundation {row.label} on {row.key[2]} ({row.train_size:,} images; its source data, not the target): "
@@ -241,6 +241,7 @@ def comparison_lines(target: list[Row]) -> list[str]:
     lines = []
     scratch_rows = [r for r in target if r.param("strategy.weights") == "random"]
     for pretrained in (r for r in target if r.param("strategy.weights") == "pretrained"):
+        with_interval = False
         for scratch in (r for r in scratch_rows if r.key[1:4] == pretrained.key[1:4]):
             paired = paired_difference(scratch.by_seed("test/acc"), pretrained.by_seed("test/acc"))
             if paired is None:
@@ -259,10 +260,11 @@ def comparison_lines(target: list[Row]) -> list[str]:
                 f"{name}: {points} (95 % CI {low:+.1f} to {high:+.1f}, paired t-test p={paired.p_value:.3f}, "
                 f"{paired.seeds} seeds{verdict})."
             )
-            foundations = {r.tags.get("trainwise.foundation_run") for r in pretrained.runs}
-            if len(foundations) == 1:
-                lines.append(
-                    f"  The interval leaves out the pretraining's randomness: every {pretrained.label} run starts "
-                    "from one foundation (sweep foundation.seed to include it)."
-                )
+            with_interval = True
+        # Once per fine-tune row, however many scratch rows it was compared with.
+        if with_interval and len({r.tags.get("trainwise.foundation_run") for r in pretrained.runs}) == 1:
+            lines.append(
+                f"  The interval leaves out the pretraining's randomness: every {pretrained.label} run starts "
+                "from one foundation (sweep foundation.seed to include it)."
+            )
     return lines
