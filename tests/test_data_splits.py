@@ -67,3 +67,41 @@ def test_a_fraction_that_takes_every_image_is_a_user_error():
     data = ImageTensors(torch.rand(8, 1, 4, 4), torch.arange(8) % 2, ["a", "b"])
     with pytest.raises(UserError, match=r"dataset.val_fraction=1.0 takes all 8 remaining images"):
         TensorDataModule(data, cfg, seed=0)
+
+
+def _digits(*overrides: str, seed: int = 0) -> TensorDataModule:
+    return build_datamodule(compose_config(*overrides).dataset, seed=seed)
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.02, 0.05, 0.2])
+def test_validation_images_come_out_of_the_labelled_budget(fraction):
+    """A run told it has 1 % of the labels uses 1 % of the labels, validation included: no run selects its
+    checkpoint on more validation images than it trains on, and the budget is train + val."""
+    full = _digits()
+    pool = full.sizes()["train"] + full.sizes()["val"]  # every image that is not in the test split
+    dm = _digits(f"dataset.train_fraction={fraction}")
+    sizes = dm.sizes()
+    assert sizes["test"] == full.sizes()["test"] and dm.test_idx.tolist() == full.test_idx.tolist()
+    assert abs(sizes["train"] + sizes["val"] - fraction * pool) <= dm.num_classes  # per-class rounding
+    assert sizes["val"] <= sizes["train"]
+    assert not set(dm.val_idx) & set(dm.train_idx) and not set(dm.val_idx) & set(dm.test_idx)
+    if sizes["val"]:
+        assert sizes["val"] >= dm.num_classes and dm.has_validation
+    else:
+        assert not dm.has_validation
+
+
+def test_a_budget_too_small_for_validation_has_none_and_a_larger_one_has_some():
+    five = _digits("dataset.train_fraction=0.05")  # 63 labelled digits: 15 % of them is 9, < 1 per class
+    assert five.sizes()["train"] == 63 and not five.has_validation
+    ten = _digits("dataset.train_fraction=0.1")  # 129: 110 to train on, 19 to select on
+    assert ten.has_validation and (ten.sizes()["train"], ten.sizes()["val"]) == (110, 19)
+    other_seed = _digits("dataset.train_fraction=0.1", seed=1)
+    assert other_seed.val_idx.tolist() != ten.val_idx.tolist()  # drawn with the run's seed, like its labels
+
+
+def test_full_data_and_val_from_labelled_false_keep_the_fixed_validation_split():
+    full = _digits()
+    assert full.sizes() == {"train": 1100, "val": 194, "test": 503}
+    fixed = _digits("dataset.train_fraction=0.01", "dataset.val_from_labelled=false")
+    assert fixed.val_idx.tolist() == full.val_idx.tolist() and fixed.sizes()["train"] == 10

@@ -13,8 +13,10 @@ from trainwise.tracking import open_store
 
 def _job(
     client, experiment_id, parent_id, strategy, seed, acc, fit, fraction="1.0", foundation=None, status="FINISHED",
-    settings=None,
+    settings=None, curve=None, val_size=None,
 ):  # fmt: skip
+    """A job run as trainwise records it. curve: (val/acc, cost/fit_seconds) at each epoch's end (default: half
+    the accuracy at half the time, then `acc` at `fit`), at steps 10, 20, ..."""
     tags = {
         "trainwise.role": "job",
         "trainwise.strategy": strategy,
@@ -34,16 +36,19 @@ def _job(
         "strategy.data": "source" if strategy == "full" else "dataset",
         "strategy.weights": "pretrained" if foundation else "random",
         "data.train_size": str(int(1000 * float(fraction))),
+        "data.val_size": str(val_size if val_size is not None else 100),
         **(settings or {}),
     }
     for key, value in params.items():
         client.log_param(rid, key, value)
-    for epoch, value in enumerate([acc / 2, acc]):
-        client.log_metric(rid, "val/acc", value, step=epoch)
-    metrics = {"test/acc": acc, "test/loss": 1 - acc, "cost/fit_seconds": fit, "val/acc_best": acc,
+    curve = curve or [(acc / 2, fit / 2), (acc, fit)]
+    for epoch, (value, seconds) in enumerate(curve):
+        client.log_metric(rid, "val/acc", value, step=10 * (epoch + 1))
+        client.log_metric(rid, "cost/fit_seconds", seconds, step=10 * (epoch + 1))
+    metrics = {"test/acc": acc, "test/loss": 1 - acc, "val/acc_best": max(v for v, _ in curve),
                "model/params_total": 100.0, "model/params_trainable": 10.0 if foundation else 100.0}  # fmt: skip
     for key, value in metrics.items():
-        client.log_metric(rid, key, value)
+        client.log_metric(rid, key, value, step=10 * len(curve))
     client.set_terminated(rid, status)
     return rid
 
@@ -79,7 +84,12 @@ def test_table_rows_are_mean_and_std_over_seeds(known_sweep, tmp_path):
     assert "Foundation full on glyphs (1,000 images; its source data, not the target): test acc 0.800" in summary
     assert "3 target run(s) here start from it" in summary
     assert "did not finish" in summary
-    assert "pays for itself in time after 8.0 fine-tunes" in summary  # 40 s / (10 s - 5 s), failed run left out
+    # Every run reaches 90 % validation accuracy: scratch at its 10 s epoch, the fine-tunes at their 5 s one.
+    assert (
+        "Time to 90.0 % validation accuracy (the highest every strategy reaches): scratch 10.0 s (20 steps); "
+        "finetune 5.0 s (20 steps)." in summary
+    )
+    assert "Pretraining for finetune (40.0 s) pays back after 8.0 target tasks like this one" in summary  # 40 / 5
     assert report.best_run().metrics["val/acc_best"] == 0.98
     assert {p.name for p in report.files} >= {"report.md", "report.html", "val_acc.png", "accuracy_vs_cost.png"}
 
@@ -174,7 +184,10 @@ def test_intervals_and_the_paired_comparison_are_those_of_scipy(known_sweep, tmp
     line = next(line for line in report.summary if line.startswith("finetune − scratch"))
     assert line == (f"finetune − scratch: +5.0 points (95 % CI {100 * low:+.1f} to {100 * high:+.1f}, "
                     f"paired t-test p={p_value:.3f}, 3 seeds).")  # fmt: skip
-    assert "leaves out the pretraining's randomness" in " ".join(report.summary)
+    assert (
+        "These intervals leave out the pretraining's randomness: all seeds of a fine-tune start from one "
+        "foundation (foundation.seed='${seed}' gives each seed its own)." in report.summary
+    )
 
 
 def test_an_interval_spanning_zero_and_a_single_seed_are_said_plainly(store_uri, tmp_path):
@@ -225,3 +238,144 @@ def test_an_experiment_report_counts_each_setting_and_seed_once_unless_asked_to_
     assert {r.run_id for r in one_sweep.records} >= {run_id}  # the newest of each seed
     pooled = build_report(open_store(store_uri), experiment="twice", out_dir=tmp_path / "b", pool=True)
     assert [cells[12] for cells in pooled.cells] == ["5"]
+
+
+def test_time_to_accuracy_and_payback_read_the_metric_histories(store_uri, tmp_path):
+    """The fine-tune starts higher but climbs slower: at the level both reach it is the slower one, so the
+    pretraining never pays back in time, however far ahead it starts."""
+    client = mlflow_client(store_uri)
+    experiment_id = client.create_experiment("slow-climb")
+    parent = client.create_run(experiment_id, tags={"trainwise.role": "sweep"}).info.run_id
+    full = _job(client, experiment_id, parent, "full", 0, 0.8, 30.0)
+    for seed in (0, 1):
+        _job(client, experiment_id, parent, "scratch", seed, 0.95, 6.0,
+             curve=[(0.5, 2.0), (0.93, 4.0), (0.95, 6.0)])  # fmt: skip
+        _job(client, experiment_id, parent, "finetune", seed, 0.94, 9.0, foundation=full,
+             curve=[(0.8, 3.0), (0.9, 6.0), (0.94, 9.0)])  # fmt: skip
+    summary = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path / "a").summary
+    assert (
+        "Time to 94.0 % validation accuracy (the highest every strategy reaches): scratch 6.0 s (30 steps); "
+        "finetune 9.0 s (30 steps)." in summary
+    )
+    assert (
+        "Pretraining for finetune (30.0 s) never pays back in time: finetune takes 9.0 s to reach 94.0 %, "
+        "scratch 6.0 s." in summary
+    )
+    # At a level chosen lower (report.target_acc / --target-acc) the fine-tune is there first.
+    summary = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path / "b", target_acc=0.9).summary
+    assert (
+        "Time to 90.0 % validation accuracy (report.target_acc): scratch 4.0 s (20 steps); finetune 6.0 s "
+        "(20 steps)." in summary
+    )
+    summary = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path / "c", target_acc=0.8).summary
+    assert any(
+        line.startswith("Pretraining for finetune (30.0 s) pays back after 30.0 target tasks") for line in summary
+    )  # fmt: skip  30 s / (4 s - 3 s)
+    summary = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path / "d", target_acc=0.99).summary
+    assert (
+        "Time to 99.0 % validation accuracy (report.target_acc): scratch never reached; finetune never "
+        "reached." in summary
+    )
+
+
+def test_labels_saved_interpolates_the_scratch_curve_in_log_size():
+    from trainwise.report.verdict import scratch_size_for
+
+    curve = [(10, 0.50), (100, 0.80), (1000, 0.95)]
+    assert scratch_size_for(curve, 0.80) == 100
+    assert scratch_size_for(curve, 0.65) == pytest.approx(10**1.5)  # halfway in accuracy, halfway in log size
+    assert scratch_size_for(curve, 0.875) == pytest.approx(10**2.5)
+    assert scratch_size_for(curve, 0.40) == 10  # already there at the smallest size
+    assert scratch_size_for(curve, 0.97) is None  # more than the largest size measured
+
+
+def _efficiency_store(store_uri, gaps, seeds=(0, 1, 2)):
+    """Scratch and finetune at 3 sizes (100, 300, 1,000 labelled images); `gaps`: finetune - scratch per size
+    and seed."""
+    client = mlflow_client(store_uri)
+    experiment_id = client.create_experiment("efficiency-verdict")
+    parent = client.create_run(experiment_id, tags={"trainwise.role": "sweep"}).info.run_id
+    full = _job(client, experiment_id, parent, "full", 0, 0.5, 50.0)
+    scratch_acc = {"0.1": 0.60, "0.3": 0.80, "1.0": 0.90}
+    for (fraction, base), size_gaps in zip(scratch_acc.items(), gaps, strict=True):
+        for seed in seeds:
+            s, f = base + 0.01 * seed, base + 0.01 * seed + size_gaps[seed]
+            _job(client, experiment_id, parent, "scratch", seed, s, 10.0, fraction=fraction, val_size=0,
+                 curve=[(s / 2, 5.0), (s, 10.0)])  # fmt: skip
+            _job(client, experiment_id, parent, "finetune", seed, f, 10.0, fraction=fraction, val_size=0,
+                 foundation=full, curve=[(f / 2, 2.0), (f, 10.0)])  # fmt: skip
+    return client, parent
+
+
+def test_the_verdict_names_the_winner_per_size_where_the_advantage_ends_and_the_labels_saved(store_uri, tmp_path):
+    # +15 points at 100 images, +5 at 300 (both clear), noise around 0 at 1,000.
+    gaps = [(0.14, 0.15, 0.16), (0.04, 0.05, 0.06), (0.02, -0.03, 0.04)]
+    _, parent = _efficiency_store(store_uri, gaps)
+    report = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path)
+    verdict = report.verdict
+    assert verdict[0] == ("Finetune beats scratch clearly at 100 and 300 labelled images (+15.0, +5.0 points; 95 % "
+                          "intervals above 0); there is no clear difference at 1,000 (3 seeds).")  # fmt: skip
+    assert verdict[1] == "Finetune's clear advantage ends between 300 and 1,000 labelled images."
+    assert verdict[2] == "At 1,000 labelled images the best test accuracy is finetune's 92.0 % (scratch 91.0 %)."
+    # scratch reaches finetune's 76 % at 100 images between 100 (61 %) and 300 (81 %): 10^(2 + 0.75 log10 3)
+    labels = next(line for line in verdict if line.startswith("Labels saved"))
+    assert labels == "Labels saved: scratch needs about 228 (128 more labels) to match finetune's 76.0 % at 100."
+    md = (tmp_path / "report.md").read_text()
+    assert verdict[0] in md.splitlines()[2]  # the report opens with it
+
+
+def test_the_verdict_says_when_scratch_wins_and_when_one_seed_says_nothing(store_uri, tmp_path):
+    gaps = [(-0.05, -0.06, -0.04), (-0.05, -0.06, -0.04), (-0.05, -0.06, -0.04)]
+    _, parent = _efficiency_store(store_uri, gaps)
+    verdict = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path / "a").verdict
+    assert verdict[0] == "Scratch beats finetune clearly at 100, 300 and 1,000 (-5.0, -5.0, -5.0 points)."
+    assert not any("advantage ends" in line for line in verdict)
+
+
+def test_one_seed_verdict_says_nothing_can_be_concluded(store_uri, tmp_path):
+    _, parent = _efficiency_store(store_uri, [(0.1,), (0.1,), (0.1,)], seeds=(0,))
+    verdict = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path).verdict
+    assert verdict[0] == ("Finetune − scratch in test accuracy: +10.0 points at 100, +10.0 points at 300, +10.0 "
+                          "points at 1,000 labelled images, at one seed each: nothing can be said about which is "
+                          "better (run 3 or more seeds).")  # fmt: skip
+
+
+def test_the_comparison_uses_each_strategys_best_setting_by_validation_not_test(store_uri, tmp_path):
+    """Two fine-tune learning rates: the one with the better validation accuracy is compared, even though the
+    other happens to test higher (choosing by test accuracy would tune on the test split)."""
+    client = mlflow_client(store_uri)
+    experiment_id = client.create_experiment("by-validation")
+    parent = client.create_run(experiment_id, tags={"trainwise.role": "sweep"}).info.run_id
+    full = _job(client, experiment_id, parent, "full", 0, 0.8, 40.0)
+    for seed in (0, 1, 2):
+        _job(client, experiment_id, parent, "scratch", seed, 0.90 + 0.01 * seed, 10.0,
+             settings={"optimizer.lr": "0.01"})  # fmt: skip
+        _job(
+            client,
+            experiment_id,
+            parent,
+            "finetune",
+            seed,
+            0.99,
+            5.0,
+            foundation=full,
+            settings={"optimizer.lr": "0.1"},
+            curve=[(0.3, 2.5), (0.6, 5.0)],
+        )  # fmt: skip  tests high, validates low
+        _job(client, experiment_id, parent, "finetune", seed, 0.80 + 0.01 * seed, 5.0, foundation=full,
+             settings={"optimizer.lr": "0.001"}, curve=[(0.5, 2.5), (0.97, 5.0)])  # fmt: skip
+    verdict = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path).verdict
+    assert verdict[0].startswith("Scratch beats finetune lr=0.001 clearly")
+
+
+def test_a_sweeps_description_in_mlflow_is_the_verdict(store_uri, tmp_path, monkeypatch):
+    from trainwise.sweep import SWEEP_RUN_ENV, SWEEP_STORE_ENV, finish_sweep
+
+    client, parent = _efficiency_store(store_uri, [(0.14, 0.15, 0.16), (0.04, 0.05, 0.06), (0.02, -0.03, 0.01)])
+    client.set_tag(parent, "trainwise.sweep_dir", str(tmp_path))
+    monkeypatch.setenv(SWEEP_RUN_ENV, parent)
+    monkeypatch.setenv(SWEEP_STORE_ENV, store_uri)
+    finish_sweep()
+    note = client.get_run(parent).data.tags["mlflow.note.content"]
+    assert note.startswith("Finetune beats scratch clearly at 100 and 300 labelled images")
+    assert "- Foundation full on glyphs" in note

@@ -55,6 +55,7 @@ def task(cfg: DictConfig) -> float | None:
         from trainwise.sweep import active_sweep_run
 
         ctx.parent_run_id = active_sweep_run()
+        ctx.extra_tags["trainwise.job_num"] = str(hydra_cfg.job.num)  # an Optuna sweep's trial number
     try:
         result = run(cfg, ctx)
     except Interrupted as stopped:

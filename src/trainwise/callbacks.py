@@ -58,11 +58,12 @@ class BestCheckpoint(EpochCheckpoint):
     weights to host memory, and the file is written when something needs it: before each `last.ckpt` (whose resume
     state names best.ckpt and its score), when training ends or stops, and when it fails."""
 
-    def __init__(self, dirpath):
+    def __init__(self, dirpath, monitor: str | None = "val/acc"):
+        # monitor None (no validation split): the newest epoch is the one kept, i.e. the last epoch is tested.
         super().__init__(
             dirpath=dirpath,
             filename="best",
-            monitor="val/acc",
+            monitor=monitor,
             mode="max",
             auto_insert_metric_name=False,
             enable_version_counter=False,
@@ -133,6 +134,11 @@ class LastCheckpoint(EpochCheckpoint):
         return self.fit_seconds_before + time.perf_counter() - self._fit_started
 
     def on_train_epoch_end(self, trainer, pl_module):
+        # After the epoch's validation: the history of cost/fit_seconds against val/acc is the run's time to
+        # accuracy (the report's "time to X % validation accuracy").
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_epoch_cost"):
+                logger.log_epoch_cost(trainer.current_epoch, trainer.global_step, self.fit_seconds())
         final = trainer.should_stop or trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
         due = self._saved_at is None or time.monotonic() - self._saved_at >= self.every_s
         if trainer.world_size > 1:  # each rank's clock differs: rank 0 decides, or the one saving waits alone

@@ -97,8 +97,17 @@ def _report(args: list[str]) -> int:
     )
     parser.add_argument("--pool", action="store_true", help="with --experiment: every run, repeats included")
     parser.add_argument("--out", default="trainwise-report", help="folder for report.md, report.html and the PNGs")
+    parser.add_argument(
+        "--target-acc",
+        type=float,
+        default=None,
+        metavar="ACC",
+        help="validation accuracy (0-1) time to accuracy is measured at (default: the highest every strategy reaches)",
+    )
     parser.add_argument("--tracking-uri", default=None, help=_TRACKING_HELP)
     opts = parser.parse_args(args)
+    if opts.target_acc is not None and not 0 < opts.target_acc <= 1:
+        raise UserError(f"--target-acc {opts.target_acc}: give an accuracy between 0 and 1, e.g. --target-acc 0.95")
 
     from pathlib import Path
 
@@ -117,7 +126,8 @@ def _report(args: list[str]) -> int:
         if not sweeps:
             raise UserError(f"no sweep in {store.uri}; give --experiment NAME or run `trainwise train -m ...` first")
         sweep = sweeps[0].info.run_id
-    build_report(store, sweep_run_id=sweep, experiment=opts.experiment, out_dir=Path(opts.out), pool=opts.pool).print()
+    out = Path(opts.out)
+    build_report(store, sweep, opts.experiment, out, pool=opts.pool, target_acc=opts.target_acc).print()
     return 0
 
 
@@ -183,7 +193,7 @@ COMMANDS = {
     ),
     "report": Command(
         _report,
-        "report [--sweep RUN_ID | --experiment NAME] [--out DIR]",
+        "report [--sweep RUN_ID | --experiment NAME] [--out DIR] [--target-acc ACC]",
         "the comparison table and plots, rebuilt from MLflow (default: the newest sweep)",
     ),
     "reproduce": Command(

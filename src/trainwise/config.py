@@ -33,7 +33,7 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 def identity(cfg: DictConfig) -> dict:
     """The config keys that define what a run computes (not where it is tracked or how it was launched)."""
-    launch_only = ("tracking", "resume", "force_resume", "sweep", "trust")
+    launch_only = ("tracking", "resume", "force_resume", "sweep", "trust", "report")
     return {k: v for k, v in to_container(cfg).items() if k not in launch_only}
 
 
@@ -104,6 +104,12 @@ def validate(cfg: DictConfig) -> None:
     lr = cfg.optimizer.get("lr")
     if not isinstance(lr, (int, float)) or lr <= 0:
         raise UserError(f"optimizer.lr={lr!r} must be a positive number, e.g. optimizer.lr=0.001")
+    tuning = cfg.get("tuning")
+    if tuning is not None and tuning.enabled:
+        for key in ("lr", "backbone_lr_mult"):
+            values = tuning.get(key)
+            if not OmegaConf.is_list(values) or not values or not all(_positive(v) for v in values):
+                raise UserError(f"tuning.{key}={values!r} must be a list of positive numbers, e.g. [0.001,0.01]")
     accel = cfg.accelerator
     if str(accel.get("channels_last", "auto")) not in ("auto", "True", "False"):
         raise UserError(f"accelerator.channels_last={accel.channels_last!r} must be auto, true or false")
@@ -118,6 +124,10 @@ def validate(cfg: DictConfig) -> None:
     from trainwise.strategies.freeze import parse_freeze
 
     parse_freeze(cfg.strategy.get("freeze", "none"))
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 AUGMENTS = ("none", "crop_flip")  # see trainwise.data.augment

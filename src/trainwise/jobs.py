@@ -52,14 +52,25 @@ def _run_as_rank_zero(cfg: DictConfig, ctx: JobContext, world) -> RunResult:
         _check_same_ranks(cfg, world, asked_accelerator)
         return train_and_log(strategies.effective_config(cfg), ctx, store, world, Plan(resume=point))
     cfg = strategies.effective_config(cfg)
-    if cfg.sweep.skip_finished:
-        done = _finished_run_of_same_config(cfg, store, ctx)
+    if cfg.strategy.data == "source":
+        return _skip_if_finished(cfg, store, ctx) or _train_foundation(cfg, ctx, store, world)
+    if not cfg.tuning.enabled:
+        done = _skip_if_finished(cfg, store, ctx)
         if done is not None:
             return done
-    if cfg.strategy.data == "source":
-        return _train_foundation(cfg, ctx, store, world)
     foundation = _resolve_foundation(cfg, ctx, store, world) if strategies.uses_pretrained(cfg) else None
+    if cfg.tuning.enabled:  # (the learning rate is known, and with it the config a finished run would have)
+        from trainwise.tuning import tuned_config
+
+        cfg = tuned_config(cfg, ctx, store, world, foundation)
+        done = _skip_if_finished(cfg, store, ctx)
+        if done is not None:
+            return done
     return train_and_log(cfg, ctx, store, world, Plan(foundation=foundation))
+
+
+def _skip_if_finished(cfg: DictConfig, store, ctx: JobContext) -> RunResult | None:
+    return _finished_run_of_same_config(cfg, store, ctx) if cfg.sweep.skip_finished else None
 
 
 def _validate_job(cfg: DictConfig, ctx: JobContext, store) -> None:

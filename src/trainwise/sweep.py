@@ -66,14 +66,14 @@ class SweepCallback(Callback):
         print(f"Sweep parent run {run.info.run_id} in experiment {name!r}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        finish_sweep()
+        finish_sweep(target_acc=config.get("report", {}).get("target_acc"))
 
 
 def active_sweep_run() -> str | None:
     return os.environ.get(SWEEP_RUN_ENV)
 
 
-def finish_sweep(interrupted: bool = False) -> None:
+def finish_sweep(interrupted: bool = False, target_acc: float | None = None) -> None:
     """End the active sweep's parent run (once): report, best trial, then FINISHED, FAILED or KILLED. Never on a
     DDP rank other than 0 (started by SLURM or torchrun with the sweep's variables inherited)."""
     if int(os.environ.get("RANK", "0")) != 0:
@@ -93,10 +93,11 @@ def finish_sweep(interrupted: bool = False) -> None:
 
         sweep_dir = parent.data.tags.get("trainwise.sweep_dir")
         out_dir = Path(sweep_dir) / "report" if sweep_dir else None
-        report = build_report(store, sweep_run_id=run_id, out_dir=out_dir, log_to_parent=True)
+        report = build_report(store, sweep_run_id=run_id, out_dir=out_dir, log_to_parent=True, target_acc=target_acc)
         report.print()
-        # The parent's description (the MLflow UI's overview of the run): the summary's facts, one per line.
-        store.client.set_tag(run_id, "mlflow.note.content", "\n\n".join(report.summary))
+        # The parent's description (the MLflow UI's overview of the run): the verdict, then the facts.
+        note = " ".join(report.verdict) + "\n\n" + "\n\n".join(f"- {line}" for line in report.summary)
+        store.client.set_tag(run_id, "mlflow.note.content", note.strip())
         if report.failed_runs:
             status = "FAILED"
         best = report.best_run()

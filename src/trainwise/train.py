@@ -160,7 +160,8 @@ def _fit_and_test(cfg, ctx: JobContext, module, datamodule, tracked, world, plan
 
     callbacks = [c for c in [strategies.unfreeze_callback(cfg)] if c is not None] + list(ctx.callbacks)
     logger = RunLogger(tracked) if world.is_global_zero else False  # under DDP only rank 0 logs
-    trainer, best, last = build_trainer(cfg, logger, ctx.job_dir, callbacks, ctx.signals, caching_seconds)
+    validate = datamodule.has_validation
+    trainer, best, last = build_trainer(cfg, logger, ctx.job_dir, callbacks, ctx.signals, caching_seconds, validate)
     resume = plan.resume
     if resume is not None and resume.best_checkpoint:  # where the resumed state says best.ckpt is
         _place(resume.best_checkpoint, Path(best.dirpath) / "best.ckpt")

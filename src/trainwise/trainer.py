@@ -21,12 +21,14 @@ def build_trainer(
     callbacks=(),
     signals=None,
     seconds_before_fit: float = 0.0,
+    validate: bool = True,
 ):
     """A Trainer for `cfg` that writes checkpoints under `job_dir/checkpoints`.
 
     logger: a Lightning logger (trainwise's `RunLogger`) or False. callbacks: extra callbacks, added after the
     checkpoint and stop callbacks. signals: the run's `RunSignals` (a new one if None). seconds_before_fit: time
-    already spent on this run's fit (feature caching), counted into `cost/fit_seconds`.
+    already spent on this run's fit (feature caching), counted into `cost/fit_seconds`. validate=False (no
+    validation split): no validation loop, and `best.ckpt` holds the last epoch.
     Returns (trainer, best checkpoint callback, last checkpoint callback)."""
     import pytorch_lightning as pl
 
@@ -39,7 +41,7 @@ def build_trainer(
     accelerator.skip_nvml_without_driver()
     # best.ckpt: the weights of the best epoch by val/acc; last.ckpt: the full state resume continues from (not
     # save_last=True: since Lightning 2.5 that writes only in epochs where `best` improved).
-    best = BestCheckpoint(job_dir / "checkpoints")
+    best = BestCheckpoint(job_dir / "checkpoints", monitor="val/acc" if validate else None)
     every_s = float(cfg.get("last_checkpoint_every_s", 0))
     last = LastCheckpoint(job_dir / "checkpoints", every_s, best=best, seconds_before_fit=seconds_before_fit)
     signals = signals if signals is not None else RunSignals()
@@ -52,6 +54,8 @@ def build_trainer(
         ProgressBar() if interactive else EpochLines(),
     ]
     passthrough = {k: v for k, v in to_container(cfg.trainer).items() if v is not None}
+    if not validate:
+        passthrough |= {"limit_val_batches": 0, "num_sanity_val_steps": 0}
     trainer = pl.Trainer(
         accelerator=accel.accelerator,
         devices=accel.devices,

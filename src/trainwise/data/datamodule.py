@@ -90,6 +90,21 @@ def labelled_subset(indices: np.ndarray, labels: np.ndarray, fraction: float, se
     return np.sort(np.concatenate(chosen))
 
 
+def _split_budget(
+    budget: np.ndarray, labels: np.ndarray, val_fraction: float, seed: int, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A labelled budget split into (train, val): the validation images a run selects its checkpoint on are
+    labelled images too, so they come out of the same budget. A budget too small to give the validation part one
+    image per class gets no validation split: the run trains its fixed recipe and tests its last epoch."""
+    n_val = round(val_fraction * len(budget))
+    if n_val < num_classes or len(budget) - n_val < 1:
+        return budget, budget[:0]
+    classes, counts = np.unique(labels[budget], return_counts=True)
+    stratify = labels[budget] if counts.min() >= 2 and len(budget) - n_val >= len(classes) else None
+    train, val = train_test_split(budget, test_size=n_val, random_state=seed, stratify=stratify)
+    return np.sort(train), np.sort(val)
+
+
 def _hash_in_place(hasher, array: np.ndarray) -> None:
     """Feed `array`'s bytes in C order to `hasher` (as `array.tobytes()` would) without copying the whole array."""
     if array.flags.c_contiguous:
@@ -111,10 +126,13 @@ def _mask(mask: torch.Tensor | None, n: int) -> np.ndarray | None:
 
 
 class TensorDataModule(pl.LightningDataModule):
-    """Fixed test and validation splits (by `split_seed`, identical for every run) and a labelled training
-    subset drawn per `seed` (`train_fraction`). Batches are sliced from the tensors, not collated per sample.
-    A split the data predefines (`test_mask`, `val_mask`) is used as it is, and the training pool is what is
-    in neither; the val mask may equal the test mask (validating on the test split, as some examples do)."""
+    """A fixed test split (by `split_seed`, identical for every run) and a labelled budget drawn per `seed`:
+    `train_fraction` of the other images, of each class. Below 1 (and with `val_from_labelled`, the default) the
+    validation images come out of that budget, `val_fraction` of it; at 1, or with `val_from_labelled: false`,
+    validation is a fixed split by `split_seed` and the budget is drawn from the rest. Batches are sliced from
+    the tensors, not collated per sample. A split the data predefines (`test_mask`, `val_mask`) is used as it
+    is, and the training pool is what is in neither; the val mask may equal the test mask (validating on the
+    test split, as some examples do)."""
 
     def __init__(self, data: ImageTensors, cfg, seed: int, min_train_batches: int = 1):
         super().__init__()
@@ -138,11 +156,16 @@ class TensorDataModule(pl.LightningDataModule):
             )
         else:
             rest, self.test_idx = everything[~test_mask], everything[test_mask]
-        if val_mask is None:
-            train_pool, self.val_idx = _split(rest, labels, cfg.val_fraction, cfg.split_seed, "val", data.class_names)
-        else:
+        fraction = float(cfg.train_fraction)
+        if val_mask is not None:  # the user's own validation images, whatever the fraction
             train_pool, self.val_idx = rest[~val_mask[rest]], everything[val_mask]
-        self.train_idx = labelled_subset(train_pool, labels, cfg.train_fraction, seed)
+            self.train_idx = labelled_subset(train_pool, labels, fraction, seed)
+        elif fraction < 1 and cfg.get("val_from_labelled", True):
+            budget = labelled_subset(rest, labels, fraction, seed)
+            self.train_idx, self.val_idx = _split_budget(budget, labels, cfg.val_fraction, seed, self.num_classes)
+        else:
+            train_pool, self.val_idx = _split(rest, labels, cfg.val_fraction, cfg.split_seed, "val", data.class_names)
+            self.train_idx = labelled_subset(train_pool, labels, fraction, seed)
 
     @property
     def num_classes(self) -> int:
@@ -171,6 +194,11 @@ class TensorDataModule(pl.LightningDataModule):
             split: {names[c]: int(n) for c, n in enumerate(np.bincount(labels[idx], minlength=len(names)))}
             for split, idx in splits.items()
         }
+
+    @property
+    def has_validation(self) -> bool:
+        """False when the labelled budget was too small for a validation split (see _split_budget)."""
+        return len(self.val_idx) > 0
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train_idx), "val": len(self.val_idx), "test": len(self.test_idx)}

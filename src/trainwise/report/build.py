@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainwise.report.collect import RunRecord, collect_runs
-from trainwise.report.table import COLUMNS, Row, group_rows, summary_lines, table_cells
+from trainwise.report.table import COLUMNS, Row, group_rows, table_cells
+from trainwise.report.verdict import summary_lines, verdict
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Report:
     cells: list[list[str]]
     summary: list[str]
     files: list[Path]
+    verdict: list[str]  # the sentences that open the report (and the sweep's description in MLflow)
 
     @property
     def failed_runs(self) -> list[RunRecord]:
@@ -43,12 +45,14 @@ class Report:
         from rich.table import Table
 
         table = Table(title=self.title, show_lines=False)
-        left = ("strategy", "trained on (images, input)", "weights from")
+        left = ("strategy", "trained on (labelled images, input)", "weights from")
         for column in COLUMNS:
             table.add_column(column, justify="left" if column in left else "right")
         for row in self.cells:
             table.add_row(*row)
         console = Console(width=max(190, Console().width))
+        for line in self.verdict:
+            console.print(line)
         console.print(table)
         for line in self.summary:
             console.print(line)
@@ -63,11 +67,13 @@ def build_report(
     out_dir: Path | None = None,
     log_to_parent: bool = False,
     pool: bool = False,
+    target_acc: float | None = None,
 ) -> Report:
     """Compare the runs of a sweep (its parent's run id) or of a whole MLflow experiment (its name), from `store`
     alone. Writes report.md, report.html and the plots to `out_dir` (a new temporary folder if None) and, with
-    log_to_parent, logs them under `report/` on the sweep's parent run. Raises UserError when there is nothing
-    to report on."""
+    log_to_parent, logs them under `report/` on the sweep's parent run. target_acc: the validation accuracy time
+    to accuracy is measured at (default: the highest every compared strategy reaches). Raises UserError when there
+    is nothing to report on."""
     records, experiment_id = collect_runs(store, sweep_run_id=sweep_run_id, experiment=experiment, pool=pool)
     rows = group_rows(records)
     title = f"trainwise comparison - {'sweep ' + sweep_run_id[:8] if sweep_run_id else 'experiment ' + str(experiment)}"
@@ -76,7 +82,10 @@ def build_report(
     from trainwise.report.plots import draw_all
 
     images = draw_all(rows, records, out)
-    report = Report(title, rows, records, table_cells(rows), summary_lines(rows, records), [])
+    report = Report(
+        title, rows, records, table_cells(rows), summary_lines(rows, records, target_acc), [],
+        verdict(rows, target_acc),
+    )  # fmt: skip
     report.files = [_write_markdown(report, images, out), _write_html(report, images, out), *images]
     if log_to_parent and sweep_run_id:
         for path in report.files:
@@ -85,7 +94,12 @@ def build_report(
 
 
 def _write_markdown(report: Report, images: list[Path], out: Path) -> Path:
-    lines = [f"# {report.title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines = (
+        [f"# {report.title}", "", "**Verdict.** " + " ".join(report.verdict), ""]
+        if report.verdict
+        else [f"# {report.title}", ""]
+    )
+    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in report.cells]
     lines += ["", *[f"- {line}" for line in report.summary], ""]
     lines += [f"![{p.stem}]({p.name})" for p in images]
@@ -110,6 +124,7 @@ def _write_html(report: Report, images: list[Path], out: Path) -> Path:
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>"
         f"<style>{style}</style></head><body><h1>{html.escape(report.title)}</h1>"
+        f"<p><b>Verdict.</b> {html.escape(' '.join(report.verdict))}</p>"
         f"<table><tr>{head}</tr>{body}</table><ul>{facts}</ul>{pictures}</body></html>"
     )
     path = out / "report.html"

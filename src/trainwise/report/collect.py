@@ -16,6 +16,8 @@ class RunRecord:
     metrics: dict[str, float]
     start_ms: int
     val_acc: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, val/acc) per epoch
+    # (optimizer steps, seconds of fit, val/acc) per epoch: the fit time is cost/fit_seconds at that epoch's end
+    val_curve: list[tuple[int, float | None, float]] = field(default_factory=list)
     foundation_seconds: float | None = None  # fit time of the full run a fine-tune started from
 
     @property
@@ -50,7 +52,16 @@ def _record(client, run, with_history: bool) -> RunRecord:
     if with_history and not record.failed:
         history = sorted(client.get_metric_history(run.info.run_id, "val/acc"), key=lambda m: (m.step, m.timestamp))
         record.val_acc = [((m.timestamp - run.info.start_time) / 1000.0, m.value) for m in history]
+        costs = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "cost/fit_seconds"))
+        if len(costs) < len(history):  # a run from before fit time was logged per epoch: only the total is known
+            costs = []
+        record.val_curve = [(m.step, _fit_seconds_at(costs, m.step), m.value) for m in history]
     return record
+
+
+def _fit_seconds_at(costs: list[tuple[int, float]], step: int) -> float | None:
+    """The fit time logged at the end of the epoch validated at `step` (the first at or after it)."""
+    return next((seconds for at, seconds in costs if at >= step), None)
 
 
 def collect_runs(

@@ -56,6 +56,14 @@ class Row:
         return int(float(self.runs[0].params.get("data.train_size", "0")))
 
     @property
+    def labelled_size(self) -> int:
+        """Every labelled target image the runs used: trained on, or selected their checkpoint on."""
+        params = self.runs[0].params
+        if "data.labelled_size" in params:
+            return int(float(params["data.labelled_size"]))
+        return self.train_size + int(float(params.get("data.val_size", "0")))
+
+    @property
     def pretraining_unknown(self) -> bool:
         return any(r.pretraining_unknown for r in self.runs)
 
@@ -67,7 +75,17 @@ class Row:
 
 
 # Params that never tell settings apart: seeds, what the data turned out to be, where runs are tracked.
-_NOT_A_SETTING = ("seed", "foundation.seed", "data.", "tracking.", "resume", "force_resume", "trust", "sweep.")
+_NOT_A_SETTING = (
+    "seed",
+    "foundation.seed",
+    "data.",
+    "tracking.",
+    "resume",
+    "force_resume",
+    "trust",
+    "sweep.",
+    "report.",
+)
 
 
 def group_rows(records: list[RunRecord]) -> list[Row]:
@@ -95,7 +113,7 @@ def _describe(rows: list[Row]) -> None:
     """Label each row by the params that differ between the rows of its strategy (the data fraction aside)."""
     for strategy in {r.key[0] for r in rows}:
         same = [r for r in rows if r.key[0] == strategy]
-        params = [r.runs[0].params for r in same]
+        params = [_setting_params(r) for r in same]
         keys = sorted({k for p in params for k in p if not k.startswith(_NOT_A_SETTING)} - {"dataset.train_fraction"})
         varying = [k for k in keys if len({p.get(k) for p in params}) > 1]
         short = {k: k.rsplit(".", 1)[-1] for k in varying}
@@ -105,7 +123,16 @@ def _describe(rows: list[Row]) -> None:
             row.detail = " ".join(f"{short[k]}={p.get(k, '-')}" for k in varying)
 
 
-def _pm(row: Row, metric: str, digits: int = 3) -> str:
+def _setting_params(row: Row) -> dict[str, str]:
+    """The params that make a row's setting; a learning rate a search chose (tuning) is the search's outcome, not
+    part of the setting the user asked for."""
+    params = row.runs[0].params
+    if "trainwise.tuning_run" in row.runs[0].tags:
+        return {k: v for k, v in params.items() if k not in ("optimizer.lr", "strategy.backbone_lr_mult")}
+    return params
+
+
+def mean_pm(row: Row, metric: str, digits: int = 3) -> str:
     mean = row.mean(metric)
     if mean is None:
         return "-"
@@ -114,7 +141,7 @@ def _pm(row: Row, metric: str, digits: int = 3) -> str:
 
 COLUMNS = [
     "strategy",
-    "trained on (images, input)",
+    "trained on (labelled images, input)",
     "weights from",
     "trainable / total params",
     "epochs",
@@ -144,12 +171,12 @@ def table_cells(rows: list[Row]) -> list[list[str]]:
                 WEIGHTS_FROM.get(row.param("strategy.weights"), row.param("strategy.weights")),
                 f"{int(trainable or 0):,} / {int(total or 0):,}",
                 f"{row.mean('cost/epochs') or 0:.0f}",
-                _pm(row, "cost/fit_seconds", 1),
+                mean_pm(row, "cost/fit_seconds", 1),
                 f"{row.mean('cost/samples_per_second') or 0:,.0f}",
                 f"{row.mean('cost/peak_memory_mb') or 0:,.0f}",
-                _pm(row, "test/acc"),
+                mean_pm(row, "test/acc"),
                 _interval(row.values("test/acc")),
-                _pm(row, "test/loss"),
+                mean_pm(row, "test/loss"),
                 _total(fit, foundation, row.pretraining_unknown),
                 str(len(row.runs)),
             ]
@@ -158,10 +185,12 @@ def table_cells(rows: list[Row]) -> list[list[str]]:
 
 
 def _trained_on(row: Row) -> str:
-    """The data, its labelled training images, and the input the model saw (tag trainwise.input): a fine-tune
-    sees the target at its foundation's input shape."""
+    """The data, its labelled images (trained on + validated on), and the input the model saw (tag
+    trainwise.input): a fine-tune sees the target at its foundation's input shape."""
     shape = row.runs[0].tags.get("trainwise.input")
-    return f"{row.key[2]} ({row.train_size}, {shape})" if shape else f"{row.key[2]} ({row.train_size})"
+    val = row.labelled_size - row.train_size
+    images = f"{row.train_size:,} + {val:,} val" if row.on_target else f"{row.train_size:,}"
+    return f"{row.key[2]} ({images}, {shape})" if shape else f"{row.key[2]} ({images})"
 
 
 def _interval(values: list[float]) -> str:
@@ -175,50 +204,6 @@ def _total(fit: float, foundation: float | None, unknown: bool) -> str:
     return f"{fit + foundation:.1f} ({foundation:.1f} + {fit:.1f})" if foundation is not None else f"{fit:.1f}"
 
 
-def summary_lines(rows: list[Row], records: list[RunRecord]) -> list[str]:
-    """Facts read off the numbers: no advice."""
-    lines: list[str] = foundation_lines(rows)
-    target = [r for r in rows if r.on_target and r.mean("test/acc") is not None]
-    if target:
-        best = max(target, key=lambda r: r.mean("test/acc"))
-        lines.append(f"Best test accuracy on the target data: {best.label} ({_pm(best, 'test/acc')}).")
-        lines += comparison_lines(target)
-
-    unknown = [r for r in records if r.pretraining_unknown and not r.failed]
-    if unknown:
-        sources = sorted({r.tags["trainwise.foundation_run"] for r in unknown})
-        lines.append(
-            f"{len(unknown)} run(s) started from weights whose training time is not in this store "
-            f"({', '.join(sources)}): their totals including pretraining are unknown (?)."
-        )
-    finetunes = [r for r in records if r.foundation_seconds is not None and not r.failed]
-    if finetunes:
-        pretrain = max(r.foundation_seconds for r in finetunes)
-        mean_ft = statistics.fmean(r.metrics.get("cost/fit_seconds", 0.0) for r in finetunes)
-        lines.append(
-            f"Pretraining the foundation took {pretrain:.1f} s, {pretrain / max(mean_ft, 1e-9):.1f}× one fine-tune "
-            f"({mean_ft:.1f} s); shared by the {len(finetunes)} fine-tune(s) here it adds "
-            f"{pretrain / len(finetunes):.1f} s to each."
-        )
-        scratch = [r.metrics["cost/fit_seconds"] for r in records if r.strategy == "scratch" and not r.failed]
-        if scratch:
-            saved = statistics.fmean(scratch) - mean_ft
-            if saved > 0:
-                lines.append(
-                    f"A fine-tune fits {saved:.1f} s faster than scratch on average, so the pretraining pays for "
-                    f"itself in time after {pretrain / saved:.1f} fine-tunes."
-                )
-            else:
-                lines.append("A fine-tune does not fit faster than scratch here: pretraining never pays back in time.")
-    failed = [r for r in records if r.failed]
-    if failed:
-        lines.append(
-            f"{len(failed)} run(s) did not finish: "
-            + ", ".join(f"{r.strategy} {r.run_id[:8]} ({r.status})" for r in failed)
-        )
-    return lines
-
-
 def foundation_lines(rows: list[Row]) -> list[str]:
     """The foundations apart from the target table: what each trained on, its accuracy on its own source data,
     its cost, and how many target runs here start from it."""
@@ -229,7 +214,7 @@ def foundation_lines(rows: list[Row]) -> list[str]:
         users = [r for r in target_runs if r.tags.get("trainwise.foundation_run") in ids]
         lines.append(
             f"Foundation {row.label} on {row.key[2]} ({row.train_size:,} images; its source data, not the target): "
-            f"test acc {_pm(row, 'test/acc')} on {row.key[2]}, fit {_pm(row, 'cost/fit_seconds', 1)} s; "
+            f"test acc {mean_pm(row, 'test/acc')} on {row.key[2]}, fit {mean_pm(row, 'cost/fit_seconds', 1)} s; "
             f"{len(users)} target run(s) here start from it."
         )
     return lines
@@ -238,10 +223,9 @@ def foundation_lines(rows: list[Row]) -> list[str]:
 def comparison_lines(target: list[Row]) -> list[str]:
     """Each fine-tune-like row against each from-scratch row on the same data fraction: the paired difference in
     test accuracy over the seeds both ran, with its 95 % interval and paired t-test."""
-    lines = []
+    lines, one_foundation = [], False
     scratch_rows = [r for r in target if r.param("strategy.weights") == "random"]
     for pretrained in (r for r in target if r.param("strategy.weights") == "pretrained"):
-        with_interval = False
         for scratch in (r for r in scratch_rows if r.key[1:4] == pretrained.key[1:4]):
             paired = paired_difference(scratch.by_seed("test/acc"), pretrained.by_seed("test/acc"))
             if paired is None:
@@ -260,11 +244,10 @@ def comparison_lines(target: list[Row]) -> list[str]:
                 f"{name}: {points} (95 % CI {low:+.1f} to {high:+.1f}, paired t-test p={paired.p_value:.3f}, "
                 f"{paired.seeds} seeds{verdict})."
             )
-            with_interval = True
-        # Once per fine-tune row, however many scratch rows it was compared with.
-        if with_interval and len({r.tags.get("trainwise.foundation_run") for r in pretrained.runs}) == 1:
-            lines.append(
-                f"  The interval leaves out the pretraining's randomness: every {pretrained.label} run starts "
-                "from one foundation (sweep foundation.seed to include it)."
-            )
+            one_foundation |= len({r.tags.get("trainwise.foundation_run") for r in pretrained.runs}) == 1
+    if one_foundation:  # once, however many rows it concerns
+        lines.append(
+            "These intervals leave out the pretraining's randomness: all seeds of a fine-tune start from one "
+            "foundation (foundation.seed='${seed}' gives each seed its own)."
+        )
     return lines

@@ -290,6 +290,16 @@ class RunLogger(MLFlowLogger):
         if self.tracked.broken is None and now - self._last_send >= SEND_EVERY_S:
             self._send(now)
 
+    @rank_zero_only
+    def log_epoch_cost(self, epoch: int, step: int, fit_seconds: float) -> None:
+        """cost/fit_seconds at an epoch's end (straight into the history: a self.log call would cost Lightning
+        thousands of Python calls per epoch). The run's final cost/fit_seconds is the last point."""
+        from mlflow.entities import Metric
+
+        point = Metric("cost/fit_seconds", float(fit_seconds), int(time.time() * 1000), step)
+        self.tracked.metric_history.append(point)
+        self.tracked.metric_epochs.append(epoch)
+
     def checkpointed(self, epoch: int) -> None:
         """last.ckpt now holds `epoch`: its points may go out (see LastCheckpoint)."""
         self.tracked.checkpointed_epoch = epoch
