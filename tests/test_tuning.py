@@ -49,6 +49,7 @@ def test_the_chosen_learning_rate_is_the_trial_with_the_best_validation_accuracy
     trials = client.search_runs(["1"], f"tags.`mlflow.parentRunId` = '{search.info.run_id}'")
     assert len(trials) == 2 and {t.data.tags["trainwise.role"] for t in trials} == {"tuning_trial"}
     assert {t.data.params["seed"] for t in trials} == {"0"}  # tuning.seed
+    assert not any("test/acc" in t.data.metrics for t in trials)  # chosen on validation: never tested
     best = max(trials, key=lambda t: t.data.metrics["val/acc_best"])
     worst = min(trials, key=lambda t: t.data.metrics["val/acc_best"])
     assert best.data.metrics["val/acc_best"] > worst.data.metrics["val/acc_best"]  # the grid tells them apart

@@ -18,6 +18,7 @@ class JobContext:
     extra_tags: dict[str, str] = field(default_factory=dict)
     signals: object = None  # trainwise.signals.RunSignals: SIGINT/SIGTERM while the run lives
     callbacks: list = field(default_factory=list)  # extra Lightning callbacks for the Trainer (the benchmarks' timer)
+    test: bool = True  # False for a learning-rate search's trials: chosen on validation, they are never tested
 
 
 @dataclass

@@ -172,13 +172,15 @@ def _fit_and_test(cfg, ctx: JobContext, module, datamodule, tracked, world, plan
         fit_seconds = last.fit_seconds()
         if trainer.should_stop and ctx.signals is not None and ctx.signals.received is not None:
             raise Interrupted(ctx.signals.received, tracked.run_id)  # stopped at an epoch end, saved whole
-        tested = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False, weights_only=True)[0]
+        tested = {}
+        if ctx.test:
+            tested = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False, weights_only=True)[0]
     finally:
         for name in ("best.ckpt", "last.ckpt"):
             if (Path(best.dirpath) / name).is_file():
                 tracked.log_artifact(Path(best.dirpath) / name, "checkpoints")
     samples = last.samples_before + world.total(module.samples_trained)  # a collective: every rank takes part
-    confusion = module.test_confusion.compute()  # synced over the ranks: every rank computes it
+    confusion = module.test_confusion.compute() if ctx.test else None  # synced over the ranks: every rank computes it
     return Fitted(trainer, best, tested, fit_seconds, samples, peak.mb, confusion)
 
 
@@ -190,8 +192,6 @@ def _log_results(cfg: DictConfig, ctx: JobContext, net, datamodule, tracked, fit
     tracked.set_tags({"trainwise.data_device": str(datamodule.resident_device or "host memory")})
     tested, fit_seconds = fitted.tested, fitted.fit_seconds
     metrics = {
-        "test/loss": float(tested["test/loss"]),
-        "test/acc": float(tested["test/acc"]),
         "cost/fit_seconds": fit_seconds,
         "cost/samples_per_second": fitted.samples / fit_seconds if fit_seconds > 0 else 0.0,
         "cost/train_samples": fitted.samples,
@@ -200,10 +200,11 @@ def _log_results(cfg: DictConfig, ctx: JobContext, net, datamodule, tracked, fit
         "model/params_total": float(total),
         "model/params_trainable": float(trainable),
     }
-    metrics |= {k: float(tested[k]) for k in ("test/acc_top5", "test/f1_macro") if k in tested}
+    metrics |= {k: float(tested[k]) for k in ("test/loss", "test/acc", "test/acc_top5", "test/f1_macro") if k in tested}
     if fitted.best.best_model_score is not None:
         metrics["val/acc_best"] = float(fitted.best.best_model_score)
-    record.log_confusion_matrix(tracked, fitted.confusion, datamodule.data.class_names, ctx.job_dir)
+    if ctx.test:
+        record.log_confusion_matrix(tracked, fitted.confusion, datamodule.data.class_names, ctx.job_dir)
     tracked.log_metrics(metrics, step=fitted.trainer.global_step)
     (ctx.job_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))  # a local record, whatever MLflow says
     return metrics

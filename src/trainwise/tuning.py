@@ -125,6 +125,7 @@ def _search(cfg: DictConfig, ctx, store, foundation, key: str):
                 parent_run_id=search_id,
                 extra_tags={**ctx.extra_tags, "trainwise.role": "tuning_trial"},
                 callbacks=[],
+                test=False,  # chosen on validation; a test score here would only invite choosing on it
             )
             result = train_and_log(trial_cfg, trial_ctx, store, plan=Plan(foundation=foundation))
             score = result.metrics.get("val/acc_best")

@@ -118,9 +118,12 @@ def log_confusion_matrix(tracked, matrix, class_names: list[str], job_dir: Path)
 def print_finished(cfg: DictConfig, run_id: str, experiment_id: str, metrics: dict[str, float]) -> None:
     from trainwise.tracking.store import runs_table_url
 
+    if "test/acc" in metrics:
+        result = f"test/acc {metrics['test/acc']:.4f}  test/loss {metrics['test/loss']:.4f}"
+    else:  # a learning-rate search's trial: never tested
+        result = f"val/acc_best {metrics.get('val/acc_best', float('nan')):.4f}"
     print(
-        f"{cfg.strategy.name}: test/acc {metrics['test/acc']:.4f}  test/loss {metrics['test/loss']:.4f}  "
-        f"fit {metrics['cost/fit_seconds']:.1f}s  (MLflow run {run_id})\n"
+        f"{cfg.strategy.name}: {result}  fit {metrics['cost/fit_seconds']:.1f}s  (MLflow run {run_id})\n"
         f"  See the runs: `make ui` or `trainwise ui`, then {runs_table_url(experiment_id)}",
         flush=True,
     )
