@@ -57,7 +57,12 @@ class SweepCallback(Callback):
         run = store.client.create_run(
             experiment_id,
             run_name=f"sweep-{name}",
-            tags={"trainwise.role": "sweep", "trainwise.sweep_dir": str(config.hydra.sweep.dir), **code_and_versions()},
+            tags={
+                "trainwise.role": "sweep",
+                "trainwise.sweep_dir": str(config.hydra.sweep.dir),
+                "trainwise.sweeper": str(config.hydra.sweeper.get("_target_", "")),  # the report lists Optuna trials
+                **code_and_versions(),
+            },
         )
         store.client.log_text(run.info.run_id, OmegaConf.to_yaml(OmegaConf.create(overrides)), "config/overrides.yaml")
         store.client.log_text(run.info.run_id, OmegaConf.to_yaml(OmegaConf.create(sweeper_params)), "config/sweep.yaml")

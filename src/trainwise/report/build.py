@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainwise.report.collect import RunRecord, collect_runs
-from trainwise.report.table import COLUMNS, Row, group_rows, table_cells
+from trainwise.report.table import COLUMNS, TRIAL_COLUMNS, Row, best_settings, group_rows, table_cells, trial_cells
 from trainwise.report.verdict import summary_lines, verdict
 
 
@@ -30,6 +30,7 @@ class Report:
     summary: list[str]
     files: list[Path]
     verdict: list[str]  # the sentences that open the report (and the sweep's description in MLflow)
+    trials: list[list[str]]  # the settings searched, one line per run, when a strategy ran several per size
 
     @property
     def failed_runs(self) -> list[RunRecord]:
@@ -56,6 +57,13 @@ class Report:
         console.print(table)
         for line in self.summary:
             console.print(line)
+        if self.trials:
+            searched = Table(title="Settings searched (chosen: the best mean val/acc_best of its strategy and size)")
+            for column in TRIAL_COLUMNS:
+                searched.add_column(column)
+            for cells in self.trials:
+                searched.add_row(*cells)
+            console.print(searched)
         if self.files:
             console.print(f"Report: {self.files[0].parent}")
 
@@ -76,6 +84,10 @@ def build_report(
     is nothing to report on."""
     records, experiment_id = collect_runs(store, sweep_run_id=sweep_run_id, experiment=experiment, pool=pool)
     rows = group_rows(records)
+    parent_tags = store.client.get_run(sweep_run_id).data.tags if sweep_run_id else {}
+    # An Optuna search's table holds each strategy's best trial (the trials are listed apart); a grid's holds all.
+    searched = "optuna" in parent_tags.get("trainwise.sweeper", "").lower()
+    shown = [r for r in rows if not r.on_target] + best_settings(rows) if searched else rows
     title = f"trainwise comparison - {'sweep ' + sweep_run_id[:8] if sweep_run_id else 'experiment ' + str(experiment)}"
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="trainwise-report-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -83,8 +95,8 @@ def build_report(
 
     images = draw_all(rows, records, out)
     report = Report(
-        title, rows, records, table_cells(rows), summary_lines(rows, records, target_acc), [],
-        verdict(rows, target_acc),
+        title, rows, records, table_cells(shown), summary_lines(shown, records, target_acc), [],
+        verdict(rows, target_acc), trial_cells(rows, records),
     )  # fmt: skip
     report.files = [_write_markdown(report, images, out), _write_html(report, images, out), *images]
     if log_to_parent and sweep_run_id:
@@ -102,6 +114,14 @@ def _write_markdown(report: Report, images: list[Path], out: Path) -> Path:
     lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in report.cells]
     lines += ["", *[f"- {line}" for line in report.summary], ""]
+    if report.trials:
+        lines += [
+            "## Settings searched",
+            "",
+            "| " + " | ".join(TRIAL_COLUMNS) + " |",
+            "|" + "---|" * len(TRIAL_COLUMNS),
+        ]
+        lines += ["| " + " | ".join(cells) + " |" for cells in report.trials] + [""]
     lines += [f"![{p.stem}]({p.name})" for p in images]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
@@ -112,6 +132,12 @@ def _write_html(report: Report, images: list[Path], out: Path) -> Path:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in report.cells)
     facts = "".join(f"<li>{html.escape(line)}</li>" for line in report.summary)
+    if report.trials:
+        trial_head = "".join(f"<th>{html.escape(c)}</th>" for c in TRIAL_COLUMNS)
+        trial_body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in report.trials
+        )
+        facts += f"</ul><h2>Settings searched</h2><table><tr>{trial_head}</tr>{trial_body}</table><ul>"
     pictures = "".join(
         f'<figure><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"></figure>'
         for p in images

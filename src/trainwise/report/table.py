@@ -109,6 +109,19 @@ def group_rows(records: list[RunRecord]) -> list[Row]:
     return sorted(rows, key=lambda r: (order.get(r.key[0], 3), r.key[0], r.detail, float(r.key[3] or 1)))
 
 
+def best_settings(rows: list[Row]) -> list[Row]:
+    """The target rows, keeping per (strategy, model, data, fraction) the setting with the best mean validation
+    accuracy (all of them where none has one)."""
+    groups: dict[tuple, list[Row]] = {}
+    for row in (r for r in rows if r.on_target and r.mean("test/acc") is not None):
+        groups.setdefault(row.key[:4], []).append(row)
+    kept = []
+    for group in groups.values():
+        ranked = [r for r in group if r.mean("val/acc_best") is not None]
+        kept += [max(ranked, key=lambda r: r.mean("val/acc_best"))] if ranked else group
+    return kept
+
+
 def _describe(rows: list[Row]) -> None:
     """Label each row by the params that differ between the rows of its strategy (the data fraction aside)."""
     for strategy in {r.key[0] for r in rows}:
@@ -251,3 +264,30 @@ def comparison_lines(target: list[Row]) -> list[str]:
             "foundation (foundation.seed='${seed}' gives each seed its own)."
         )
     return lines
+
+
+TRIAL_COLUMNS = ["trial", "strategy", "setting", "val acc (best)", "state", "chosen"]
+
+
+def trial_cells(rows: list[Row], records: list[RunRecord]) -> list[list[str]]:
+    """Where a strategy ran several settings at one data size (a grid over learning rates, an Optuna search): one
+    line per run of them (its trial number, what it tried, its best validation accuracy, its state), the setting
+    the comparison uses marked. Empty when every strategy ran one setting per size."""
+    groups: dict[tuple, list[Row]] = {}
+    for row in (r for r in rows if r.on_target):
+        groups.setdefault(row.key[:4], []).append(row)
+    searched = [group for group in groups.values() if len(group) > 1]
+    if not searched:
+        return []
+    chosen = {id(r) for r in best_settings(rows)}
+    lines = []
+    for row in (r for group in searched for r in group):
+        for run in row.runs:
+            score = run.metrics.get("val/acc_best")
+            lines.append([run.tags.get("trainwise.job_num", "-"), row.label, row.detail or "-",
+                          "-" if score is None else f"{score:.4f}", run.status.lower(),
+                          "best" if id(row) in chosen else ""])  # fmt: skip
+    strategies = {group[0].key[0] for group in searched}
+    for run in (r for r in records if r.failed and r.strategy in strategies):
+        lines.append([run.tags.get("trainwise.job_num", "-"), run.strategy, "-", "-", run.status.lower(), ""])
+    return sorted(lines, key=lambda cells: (int(cells[0]) if cells[0].isdigit() else 10**9, cells[1]))

@@ -13,20 +13,7 @@ import statistics
 from dataclasses import dataclass
 
 from trainwise.report.stats import paired_difference
-from trainwise.report.table import Row
-
-
-def best_settings(rows: list[Row]) -> list[Row]:
-    """The target rows, keeping per (strategy, model, data, fraction) the setting with the best mean validation
-    accuracy (all of them where none has one)."""
-    groups: dict[tuple, list[Row]] = {}
-    for row in (r for r in rows if r.on_target and r.mean("test/acc") is not None):
-        groups.setdefault(row.key[:4], []).append(row)
-    kept = []
-    for group in groups.values():
-        ranked = [r for r in group if r.mean("val/acc_best") is not None]
-        kept += [max(ranked, key=lambda r: r.mean("val/acc_best"))] if ranked else group
-    return kept
+from trainwise.report.table import Row, best_settings
 
 
 @dataclass
