@@ -117,3 +117,17 @@ def test_every_shipped_experiment_runs_on_smoke(path, extra, tmp_path, store_uri
 def test_every_experiment_file_is_found():
     """The glob above is what makes a new experiment covered: it must see the shipped files."""
     assert {p.stem for p in EXPERIMENTS} >= {"compare", "data_efficiency", "mnist_mlp_scratch"}
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.02, 0.05, 0.2, 1.0])
+def test_data_efficiency_counts_validation_images_in_the_labelled_budget(fraction):
+    """What its runs log as data.train_size and data.val_size at each size: no run selects its checkpoint on more
+    validation images than it trains on, and the budget is the fraction of the 1,294 labelled digits."""
+    from trainwise.data import build_datamodule
+
+    cfg = compose_config("experiment=data_efficiency", f"dataset.train_fraction={fraction}")
+    assert cfg.dataset.val_from_labelled and cfg.tuning.enabled and cfg.tuning.train_fraction == 1.0
+    sizes = build_datamodule(cfg.dataset, seed=0).sizes()
+    assert sizes["val"] <= sizes["train"]
+    assert abs(sizes["train"] + sizes["val"] - fraction * 1294) <= 10  # one image per class of rounding
+    assert (sizes["val"] > 0) == (fraction >= 0.2)  # below, too few labels for a validation split

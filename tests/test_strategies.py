@@ -193,3 +193,13 @@ def test_the_foundation_hash_follows_the_number_of_ddp_ranks():
 )
 def test_the_foundation_hash_ignores_what_only_the_fine_tune_or_the_bookkeeping_uses(override):
     assert _hash(override) == _hash()
+
+
+def test_foundation_seed_interpolated_from_seed_gives_each_seed_its_own_foundation_in_one_setting():
+    """The report's hint for including the pretraining's randomness: foundation.seed='${seed}'."""
+    from trainwise.config import config_hash, setting
+
+    one, two = (compose_config("strategy=finetune", "foundation.seed=${seed}", f"seed={s}") for s in (1, 2))
+    assert (one.foundation.seed, two.foundation.seed) == (1, 2)
+    assert foundation_hash(one) != foundation_hash(two)  # two foundations...
+    assert config_hash(setting(one)) == config_hash(setting(two))  # ...for the seeds of one report row
