@@ -74,7 +74,7 @@ def _data_efficiency(rows: list[Row], out_dir: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     series = sorted({r.name for r in rows if r.key[3] is not None})  # a strategy and its other settings
     for index, strategy in enumerate(series):
-        points = sorted((r.train_size, r.values("test/acc")) for r in rows if r.name == strategy and r.key[3])
+        points = sorted((r.labelled_size, r.values("test/acc")) for r in rows if r.name == strategy and r.key[3])
         sizes = [p[0] for p in points]
         means = [statistics.fmean(p[1]) for p in points]
         lows = [min(p[1]) for p in points]
@@ -82,7 +82,11 @@ def _data_efficiency(rows: list[Row], out_dir: Path) -> Path:
         color = f"C{index % 10}"
         ax.plot(sizes, means, marker="o", color=color, label=strategy)
         ax.fill_between(sizes, lows, highs, color=color, alpha=0.2)
-    ax.set(xlabel="labelled target images", ylabel="test accuracy", title="Data efficiency (band: min-max over seeds)")
+    ax.set(
+        xlabel="labelled target images (trained on + validated on)",
+        ylabel="test accuracy",
+        title="Data efficiency (band: min-max over seeds)",
+    )
     ax.set_xscale("log")
     ax.legend()
     return _save(fig, out_dir / "data_efficiency.png")
