@@ -313,9 +313,9 @@ def test_the_verdict_names_the_winner_per_size_where_the_advantage_ends_and_the_
     _, parent = _efficiency_store(store_uri, gaps)
     report = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path)
     verdict = report.verdict
-    assert verdict[0] == ("Finetune beats scratch clearly at 100 and 300 labelled images (+15.0, +5.0 points; 95 % "
+    assert verdict[0] == ("finetune beats scratch clearly at 100 and 300 labelled images (+15.0, +5.0 points; 95 % "
                           "intervals above 0); there is no clear difference at 1,000 (3 seeds).")  # fmt: skip
-    assert verdict[1] == "Finetune's clear advantage ends between 300 and 1,000 labelled images."
+    assert verdict[1] == "finetune's clear advantage ends between 300 and 1,000 labelled images."
     assert verdict[2] == "At 1,000 labelled images the best test accuracy is finetune's 92.0 % (scratch 91.0 %)."
     # scratch reaches finetune's 76 % at 100 images between 100 (61 %) and 300 (81 %): 10^(2 + 0.75 log10 3)
     labels = next(line for line in verdict if line.startswith("Labels saved"))
@@ -328,14 +328,14 @@ def test_the_verdict_says_when_scratch_wins_and_when_one_seed_says_nothing(store
     gaps = [(-0.05, -0.06, -0.04), (-0.05, -0.06, -0.04), (-0.05, -0.06, -0.04)]
     _, parent = _efficiency_store(store_uri, gaps)
     verdict = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path / "a").verdict
-    assert verdict[0] == "Scratch beats finetune clearly at 100, 300 and 1,000 (-5.0, -5.0, -5.0 points)."
+    assert verdict[0] == "scratch beats finetune clearly at 100, 300 and 1,000 (-5.0, -5.0, -5.0 points)."
     assert not any("advantage ends" in line for line in verdict)
 
 
 def test_one_seed_verdict_says_nothing_can_be_concluded(store_uri, tmp_path):
     _, parent = _efficiency_store(store_uri, [(0.1,), (0.1,), (0.1,)], seeds=(0,))
     verdict = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path).verdict
-    assert verdict[0] == ("Finetune − scratch in test accuracy: +10.0 points at 100, +10.0 points at 300, +10.0 "
+    assert verdict[0] == ("finetune − scratch in test accuracy: +10.0 points at 100, +10.0 points at 300, +10.0 "
                           "points at 1,000 labelled images, at one seed each: nothing can be said about which is "
                           "better (run 3 or more seeds).")  # fmt: skip
 
@@ -365,7 +365,7 @@ def test_the_comparison_uses_each_strategys_best_setting_by_validation_not_test(
         _job(client, experiment_id, parent, "finetune", seed, 0.80 + 0.01 * seed, 5.0, foundation=full,
              settings={"optimizer.lr": "0.001"}, curve=[(0.5, 2.5), (0.97, 5.0)])  # fmt: skip
     verdict = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path).verdict
-    assert verdict[0].startswith("Scratch beats finetune lr=0.001 clearly")
+    assert verdict[0].startswith("scratch beats finetune lr=0.001 clearly")
 
 
 def test_a_sweeps_description_in_mlflow_is_the_verdict(store_uri, tmp_path, monkeypatch):
@@ -377,7 +377,7 @@ def test_a_sweeps_description_in_mlflow_is_the_verdict(store_uri, tmp_path, monk
     monkeypatch.setenv(SWEEP_STORE_ENV, store_uri)
     finish_sweep()
     note = client.get_run(parent).data.tags["mlflow.note.content"]
-    assert note.startswith("Finetune beats scratch clearly at 100 and 300 labelled images")
+    assert note.startswith("finetune beats scratch clearly at 100 and 300 labelled images")
     assert "- Foundation full on glyphs" in note
 
 
@@ -421,3 +421,17 @@ def test_a_grid_over_learning_rates_keeps_every_setting_in_the_table_and_lists_t
     report = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path)
     assert [cells[0] for cells in report.cells] == ["scratch lr=0.001", "scratch lr=0.01"]
     assert [(cells[2], cells[5]) for cells in report.trials] == [("lr=0.001", ""), ("lr=0.01", "best")]
+
+
+def test_the_verdict_places_no_crossover_where_the_advantage_comes_and_goes(store_uri, tmp_path):
+    # clear at 100, unclear at 300, clear again at 1,000: no single point where the advantage ends
+    _, parent = _efficiency_store(store_uri, [(0.14, 0.15, 0.16), (0.04, -0.05, 0.06), (0.02, 0.03, 0.025)])
+    verdict = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path).verdict
+    assert verdict[0].startswith("finetune beats scratch clearly at 100 and 1,000 labelled images")
+    assert not any("advantage ends" in line or "every size" in line for line in verdict)
+
+
+def test_the_verdict_says_when_the_advantage_holds_at_every_size(store_uri, tmp_path):
+    _, parent = _efficiency_store(store_uri, [(0.14, 0.15, 0.16), (0.04, 0.05, 0.06), (0.02, 0.03, 0.025)])
+    verdict = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path).verdict
+    assert verdict[1] == "finetune is clearly ahead at every size measured."

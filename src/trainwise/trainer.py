@@ -82,6 +82,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", ".*multiple `ModelCheckpoint` callbacks.*")  # the first is `best`, on purpose
     warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")
+    warnings.filterwarnings("ignore", r".*module\(s\) in eval mode.*")  # a frozen backbone is in eval mode on purpose
     # Under DDP the logged values are torchmetrics' compute(), already reduced over the ranks.
     warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)

@@ -196,7 +196,7 @@ def verdict(rows: list[Row], target_acc: float | None = None) -> list[str]:
     saved = labels_saved_lines(best)
     if saved:
         sentences.append(saved[0])  # the smallest size of the first pretrained strategy
-    return [sentence[0].upper() + sentence[1:] for sentence in sentences]
+    return sentences  # (a sentence may start with a strategy's name, written as the config writes it)
 
 
 def summary_lines(rows: list[Row], records: list, target_acc: float | None = None) -> list[str]:
@@ -232,13 +232,14 @@ def summary_lines(rows: list[Row], records: list, target_acc: float | None = Non
 
 def tuning_lines(target: list[Row]) -> list[str]:
     """Each tuned row's learning rate and the search that chose it on validation (tuning.enabled)."""
-    chosen = []
+    chosen: dict[str, list[str]] = {}  # what was chosen (and by which search) -> the rows that train with it
     for row in target:
         search = row.runs[0].tags.get("trainwise.tuning_run")
         if search:
             mult = row.runs[0].params.get("strategy.backbone_lr_mult")
-            knobs = f"lr={row.param('optimizer.lr')}" + (f", backbone_lr_mult={mult}" if mult else "")
-            chosen.append(f"{row.label} {knobs} (search {search[:8]})")
+            frozen = row.param("strategy.freeze") == "backbone"  # its multiplier was not searched
+            knobs = f"lr={row.param('optimizer.lr')}" + (f", backbone_lr_mult={mult}" if mult and not frozen else "")
+            chosen.setdefault(f"{row.name} {knobs} (search {search[:8]})", []).append(row.label)
     return ["Learning rates chosen on validation, per strategy: " + "; ".join(chosen) + "."] if chosen else []
 
 
@@ -275,15 +276,16 @@ def _who_wins(name: str, scratch: str, outcomes: list[tuple[int, object]]) -> li
             else f"{name} and {scratch} show no clear difference at {sizes} labelled images ({seeds} seeds)"
         )
     sentences = ["; ".join(parts) + "."]
-    if better and len(outcomes) > 1:
-        last_clear = max(n for n, _ in better)
-        after = [n for n, _ in outcomes if n > last_clear]
-        if after:
-            sentences.append(
-                f"{name}'s clear advantage ends between {last_clear:,} and {min(after):,} labelled images."
-            )
-        else:
-            sentences.append(f"{name} stays clearly ahead up to the largest size measured ({last_clear:,}).")
+    # Where the advantage ends, when it does so once: clear at the smallest sizes, not from some size on.
+    clear = [p.clear and p.mean > 0 for _, p in outcomes]
+    k = clear.index(False) if False in clear else len(clear)
+    if len(outcomes) > 1 and 0 < k and not any(clear[k:]):
+        sizes = [n for n, _ in outcomes]
+        sentences.append(
+            f"{name}'s clear advantage ends between {sizes[k - 1]:,} and {sizes[k]:,} labelled images."
+            if k < len(sizes)
+            else f"{name} is clearly ahead at every size measured."
+        )
     return sentences
 
 
