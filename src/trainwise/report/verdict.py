@@ -192,7 +192,13 @@ def verdict(rows: list[Row], target_acc: float | None = None) -> list[str]:
             f"{where} the best test accuracy is {top.name}'s {100 * top.mean('test/acc'):.1f} %"
             + (f" ({others})." if others else ".")
         )
-        sentences += time_lines(largest, target_acc, name_sizes=len(groups) > 1)
+        times = time_lines(largest, target_acc, name_sizes=len(groups) > 1)
+        sentences += times[:1]
+        if times[1:]:  # one sentence for the pretrained strategies' paybacks
+            parts = [times[1].rstrip(".")] + [
+                line.rstrip(".").replace("Pretraining", "pretraining", 1) for line in times[2:]
+            ]
+            sentences.append("; ".join(parts) + ".")
     saved = labels_saved_lines(best)
     if saved:
         sentences.append(saved[0])  # the smallest size of the first pretrained strategy
