@@ -435,3 +435,23 @@ def test_the_verdict_says_when_the_advantage_holds_at_every_size(store_uri, tmp_
     _, parent = _efficiency_store(store_uri, [(0.14, 0.15, 0.16), (0.04, 0.05, 0.06), (0.02, 0.03, 0.025)])
     verdict = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path).verdict
     assert verdict[1] == "finetune is clearly ahead at every size measured."
+
+
+def test_runs_varying_learning_rate_and_freezing_are_four_rows_with_their_seeds_counted(store_uri, tmp_path):
+    client = mlflow_client(store_uri)
+    experiment_id = client.create_experiment("lr-and-freeze")
+    parent = client.create_run(experiment_id, tags={"trainwise.role": "sweep"}).info.run_id
+    full = _job(client, experiment_id, parent, "full", 0, 0.8, 40.0)
+    for seed in (0, 1, 2):
+        for lr in ("0.01", "0.001"):
+            for freeze in ("none", "backbone"):
+                _job(client, experiment_id, parent, "finetune", seed, 0.9, 5.0, foundation=full,
+                     settings={"optimizer.lr": lr, "strategy.freeze": freeze})  # fmt: skip
+    report = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path)
+    rows = {cells[0]: cells[12] for cells in report.cells}
+    assert rows == {
+        "finetune lr=0.001 freeze=backbone": "3",
+        "finetune lr=0.001 freeze=none": "3",
+        "finetune lr=0.01 freeze=backbone": "3",
+        "finetune lr=0.01 freeze=none": "3",
+    }
