@@ -181,7 +181,9 @@ def test_ranks_decide_together_when_last_ckpt_is_due():
     last = LastCheckpoint("/tmp/x", every_s=30, best=BestCheckpoint("/tmp/x"))
     last._saved_at = -1e9  # this rank's clock: long due
     rank0_says = SimpleNamespace(broadcast=lambda value, src=0: False)  # rank 0's clock: not due yet
-    trainer = SimpleNamespace(should_stop=False, current_epoch=3, max_epochs=10, world_size=2, strategy=rank0_says)
+    trainer = SimpleNamespace(
+        should_stop=False, current_epoch=3, max_epochs=10, world_size=2, strategy=rank0_says, global_step=40, loggers=[]
+    )
     original = ModelCheckpoint.on_train_epoch_end
     ModelCheckpoint.on_train_epoch_end = lambda self, trainer, module: saved.append(trainer.current_epoch)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from helpers import cli_env, compose_config, mlflow_client
+from trainwise.report import build_report
+from trainwise.tracking import open_store
 
 
 def _train(cwd: Path, *args: str, timeout: int = 400) -> subprocess.CompletedProcess:
@@ -49,10 +52,22 @@ def test_compare_experiment_then_report_from_mlflow_alone(tmp_path):
     assert parent.info.status == "FINISHED"
     assert client.get_experiment(parent.info.experiment_id).name == "compare"
     _, jobs = _runs(tmp_path, "job")
-    assert sorted(r.data.tags["trainwise.strategy"] for r in jobs) == ["finetune", "full", "scratch"]
+    strategies = sorted(r.data.tags["trainwise.strategy"] for r in jobs)
+    assert strategies == ["finetune"] * 3 + ["full"] + ["scratch"] * 3  # the foundation trained once, on the side
     assert parent.data.tags["trainwise.best_run"] in {r.info.run_id for r in jobs}
-    # The summary is the parent's description, which the MLflow UI shows on the run's overview.
+    # Each strategy's learning rate came from its own search, nested under the sweep, with the same budget.
+    _, searches = _runs(tmp_path, "tuning")
+    assert sorted(s.data.tags["trainwise.strategy"] for s in searches) == ["finetune", "scratch"]
+    assert {s.data.tags["mlflow.parentRunId"] for s in searches} == {parent.info.run_id}
+    _, trials = _runs(tmp_path, "tuning_trial")
+    assert sorted(t.data.tags["mlflow.parentRunId"] for t in trials) == sorted([s.info.run_id for s in searches] * 4)
+    assert "Tuning scratch: 4 runs" in result.stdout and "Tuning finetune: 4 runs" in result.stdout
+    # The verdict and the summary are the parent's description, which the MLflow UI shows on the run's overview.
     description = parent.data.tags["mlflow.note.content"]
+    verdict = build_report(
+        open_store(f"sqlite:///{tmp_path / 'mlflow.db'}"), parent.info.run_id, out_dir=tmp_path / "v"
+    )
+    assert description.split("\n\n")[0] == " ".join(verdict.verdict) and "finetune" in verdict.verdict[0]
     assert "Best test accuracy on the target data" in description and "Foundation full on glyphs" in description
 
     for args in (["--sweep", parent.info.run_id], ["--experiment", "compare"], []):
@@ -64,8 +79,8 @@ def test_compare_experiment_then_report_from_mlflow_alone(tmp_path):
         )  # fmt: skip
         assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
         markdown = (out / "report.md").read_text()
-        scratch = next(r for r in jobs if r.data.tags["trainwise.strategy"] == "scratch")
-        assert f"{scratch.data.metrics['test/acc']:.3f}" in markdown
+        scratch = [r.data.metrics["test/acc"] for r in jobs if r.data.tags["trainwise.strategy"] == "scratch"]
+        assert f"| {statistics.fmean(scratch):.3f} ± {statistics.stdev(scratch):.3f} |" in markdown
         html = (out / "report.html").read_text()
         assert "data:image/png;base64," in html  # self-contained
 
