@@ -455,3 +455,17 @@ def test_runs_varying_learning_rate_and_freezing_are_four_rows_with_their_seeds_
         "finetune lr=0.01 freeze=backbone": "3",
         "finetune lr=0.01 freeze=none": "3",
     }
+
+
+def test_a_sweeps_report_target_acc_sets_the_level_time_to_accuracy_is_measured_at(store_uri, tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from trainwise.sweep import SWEEP_RUN_ENV, SWEEP_STORE_ENV, SweepCallback
+
+    client, parent = _efficiency_store(store_uri, [(0.14, 0.15, 0.16), (0.04, 0.05, 0.06), (0.02, -0.03, 0.01)])
+    client.set_tag(parent, "trainwise.sweep_dir", str(tmp_path))
+    monkeypatch.setenv(SWEEP_RUN_ENV, parent)
+    monkeypatch.setenv(SWEEP_STORE_ENV, store_uri)
+    SweepCallback().on_multirun_end(OmegaConf.create({"report": {"target_acc": 0.3}}))  # report.target_acc=0.3
+    note = client.get_run(parent).data.tags["mlflow.note.content"]
+    assert "Time to 30.0 % validation accuracy at 1,000 labelled images (report.target_acc)" in note
