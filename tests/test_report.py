@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import statistics
+import time
+from pathlib import Path
 
 import pytest
+from mlflow.entities import Metric, Param
 
 from helpers import mlflow_client
 from trainwise.report import build_report
@@ -39,16 +42,19 @@ def _job(
         "data.val_size": str(val_size if val_size is not None else 100),
         **(settings or {}),
     }
-    for key, value in params.items():
-        client.log_param(rid, key, value)
     curve = curve or [(acc / 2, fit / 2), (acc, fit)]
+    points = []
     for epoch, (value, seconds) in enumerate(curve):
-        client.log_metric(rid, "val/acc", value, step=10 * (epoch + 1))
-        client.log_metric(rid, "cost/fit_seconds", seconds, step=10 * (epoch + 1))
+        points += [("val/acc", value, 10 * (epoch + 1)), ("cost/fit_seconds", seconds, 10 * (epoch + 1))]
     metrics = {"test/acc": acc, "test/loss": 1 - acc, "val/acc_best": max(v for v, _ in curve),
                "model/params_total": 100.0, "model/params_trainable": 10.0 if foundation else 100.0}  # fmt: skip
-    for key, value in metrics.items():
-        client.log_metric(rid, key, value, step=10 * len(curve))
+    points += [(key, value, 10 * len(curve)) for key, value in metrics.items()]
+    now = int(time.time() * 1000)
+    client.log_batch(
+        rid,
+        metrics=[Metric(k, v, now + i, step) for i, (k, v, step) in enumerate(points)],
+        params=[Param(k, str(v)) for k, v in params.items()],
+    )  # fmt: skip  one call, as trainwise does
     client.set_terminated(rid, status)
     return rid
 
@@ -293,7 +299,8 @@ def _efficiency_store(store_uri, gaps, seeds=(0, 1, 2)):
     """Scratch and finetune at 3 sizes (100, 300, 1,000 labelled images); `gaps`: finetune - scratch per size
     and seed."""
     client = mlflow_client(store_uri)
-    experiment_id = client.create_experiment("efficiency-verdict")
+    artifacts = Path(store_uri.removeprefix("sqlite:///")).parent / "artifacts"  # not ./mlruns in the working folder
+    experiment_id = client.create_experiment("efficiency-verdict", artifact_location=artifacts.as_uri())
     parent = client.create_run(experiment_id, tags={"trainwise.role": "sweep"}).info.run_id
     full = _job(client, experiment_id, parent, "full", 0, 0.5, 50.0)
     scratch_acc = {"0.1": 0.60, "0.3": 0.80, "1.0": 0.90}
