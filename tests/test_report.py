@@ -476,3 +476,16 @@ def test_a_sweeps_report_target_acc_sets_the_level_time_to_accuracy_is_measured_
     SweepCallback().on_multirun_end(OmegaConf.create({"report": {"target_acc": 0.3}}))  # report.target_acc=0.3
     note = client.get_run(parent).data.tags["mlflow.note.content"]
     assert "Time to 30.0 % validation accuracy at 1,000 labelled images (report.target_acc)" in note
+
+
+def test_the_best_run_is_chosen_among_the_runs_with_the_most_labels(store_uri, tmp_path):
+    """A run of a small budget may score 100 % on its 10 validation images: not comparable with a validation
+    accuracy on 100 images, and not the run to deploy."""
+    client = mlflow_client(store_uri)
+    experiment_id = client.create_experiment("best-of-most")
+    parent = client.create_run(experiment_id, tags={"trainwise.role": "sweep"}).info.run_id
+    _job(client, experiment_id, parent, "scratch", 0, 1.0, 1.0, fraction="0.05", val_size=10)
+    full_data = _job(client, experiment_id, parent, "scratch", 0, 0.95, 5.0, fraction="1.0", val_size=100)
+    _job(client, experiment_id, parent, "scratch", 1, 0.93, 5.0, fraction="1.0", val_size=100)
+    report = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path)
+    assert report.best_run().run_id == full_data

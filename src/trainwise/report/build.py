@@ -37,9 +37,14 @@ class Report:
         return [r for r in self.records if r.failed]
 
     def best_run(self) -> RunRecord | None:
-        """The finished target-data run with the best validation accuracy (a foundation's is on the source data)."""
+        """The finished target-data run with the best validation accuracy, among the runs that used the most
+        labelled images: validation accuracies of smaller budgets are measured on other (smaller) validation
+        splits, and a foundation's on the source data, so none of them compare."""
         done = [r for r in self.records if not r.failed and r.on_target and "val/acc_best" in r.metrics]
-        return max(done, key=lambda r: r.metrics["val/acc_best"]) if done else None
+        if not done:
+            return None
+        most = max(_labelled(r) for r in done)
+        return max((r for r in done if _labelled(r) == most), key=lambda r: r.metrics["val/acc_best"])
 
     def print(self) -> None:
         from rich.console import Console
@@ -66,6 +71,14 @@ class Report:
             console.print(searched)
         if self.files:
             console.print(f"Report: {self.files[0].parent}")
+
+
+def _labelled(record: RunRecord) -> int:
+    params = record.params
+    size = params.get("data.labelled_size")
+    if size is None:  # a run logged before data.labelled_size
+        size = float(params.get("data.train_size", 0)) + float(params.get("data.val_size", 0))
+    return int(float(size))
 
 
 def build_report(
