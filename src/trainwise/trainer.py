@@ -50,6 +50,7 @@ def build_trainer(
         best,  # first: trainer.test(ckpt_path="best") uses the first ModelCheckpoint
         GracefulStop(signals),  # before `last`: a stop decided at an epoch end makes that last.ckpt the final one
         last,
+        *chosen_callbacks(cfg, validate),
         *callbacks,
         ProgressBar() if interactive else EpochLines(),
     ]
@@ -73,6 +74,36 @@ def build_trainer(
         **passthrough,
     )
     return trainer, best, last
+
+
+CALLBACKS = ("early_stopping", "lr_monitor")  # conf/callbacks
+
+
+def chosen_callbacks(cfg: DictConfig, validate: bool = True) -> list:
+    """The Lightning callbacks chosen in the `callbacks` group (callbacks=[early_stopping,lr_monitor]). Built
+    here by name, not from a `_target_`: a logged config is replayed by resume and reproduce, which run no code
+    a config names."""
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
+
+    from trainwise.errors import UserError
+
+    chosen = cfg.get("callbacks") or {}
+    unknown = sorted(set(chosen) - set(CALLBACKS))
+    if unknown:
+        raise UserError(f"callbacks: {', '.join(unknown)} unknown; choose from {', '.join(CALLBACKS)}")
+    built = []
+    if "early_stopping" in chosen:
+        if not validate:
+            raise UserError(
+                "callbacks=early_stopping watches val/acc, and this run's labelled budget has no validation split; "
+                "raise dataset.train_fraction or leave early stopping out"
+            )
+        stop = chosen.early_stopping
+        # On an epoch's validation, before LastCheckpoint's epoch end: the epoch it stops at is saved as the last.
+        built.append(EarlyStopping("val/acc", min_delta=float(stop.min_delta), patience=int(stop.patience), mode="max"))
+    if "lr_monitor" in chosen:
+        built.append(LearningRateMonitor(logging_interval=str(chosen.lr_monitor.logging_interval)))
+    return built
 
 
 def _quiet_lightning() -> None:
