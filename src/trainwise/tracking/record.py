@@ -26,7 +26,11 @@ def open_run(cfg: DictConfig, ctx: JobContext, store, world, plan: Plan):
     reopen = plan.resume.run_id if plan.resume else None
     experiment_id = store.experiment_id(cfg.tracking.experiment)
     tags = run_tags(cfg, data_name, ctx)
-    return TrackedRun(store, experiment_id, run_name(cfg, data_name), tags, reopen=reopen, local_dir=ctx.job_dir)
+    sample_every = float(cfg.tracking.get("system_metrics_every_s") or 0) or None
+    return TrackedRun(
+        store, experiment_id, run_name(cfg, data_name), tags, reopen=reopen, local_dir=ctx.job_dir,
+        system_metrics_s=sample_every,
+    )  # fmt: skip
 
 
 def run_name(cfg: DictConfig, data_name: str) -> str:

@@ -41,8 +41,11 @@ class TrackedRun:
         tags: dict[str, str],
         reopen: str | None = None,
         local_dir: Path | None = None,
+        system_metrics_s: float | None = None,
     ):
         self.store = store
+        self.system_metrics_s = system_metrics_s  # sample CPU/memory/disk/network/GPU this often (None: not at all)
+        self._system_metrics = None
         self.reopen = reopen  # an interrupted run to continue (resume): same run id, status back to RUNNING
         self.client = store.client
         self.experiment_id = experiment_id
@@ -65,9 +68,11 @@ class TrackedRun:
                 k: v for k, v in self.tags.items() if k in ("trainwise.job_dir", "trainwise.host", "trainwise.pid")
             }
             self.set_tags(moved | {"trainwise.resumed": "true"})
-            return self
-        run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=self.tags)
-        self.run_id = run.info.run_id
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=self.tags)
+            self.run_id = run.info.run_id
+        if self.system_metrics_s:
+            self._system_metrics = self.safely(_start_system_metrics, self, resumed=bool(self.reopen))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -76,6 +81,8 @@ class TrackedRun:
             exc.run_id = self.run_id
         late = None  # a signal that came while the records were being sent
         try:
+            if self._system_metrics is not None:  # its last samples go out while the run is still RUNNING
+                self.safely(self._system_metrics.finish)
             self.safely(_flush_async_logging, self.client)
             # MLflow's asynchronous queue drops a batch the store refused without telling anyone, so every epoch
             # point is sent once more, synchronously (MLflow ignores the points it already has). A stopped run
@@ -232,6 +239,35 @@ def _signals_held():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _start_system_metrics(tracked: TrackedRun, resumed: bool):
+    """MLflow's system-metrics sampler (the UI's "System metrics" tab: CPU, memory, disk, network, GPU when there
+    is one), bound to this run's store rather than the process-wide tracking URI."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    class SystemMetrics(SystemMetricsMonitor):
+        def finish(self):
+            # MLflow's version drops the samples taken since the last interval: a run shorter than one interval
+            # would have none. Publish them (the first sample is taken as the sampler starts).
+            if self._process is None:
+                return
+            self._shutdown_event.set()
+            self._process.join()
+            pending = self.aggregate_metrics()
+            if pending:
+                self.publish_metrics(pending)
+            self.mlflow_logger.flush()
+            self._process = None
+
+    monitor = SystemMetrics(
+        tracked.run_id,
+        sampling_interval=tracked.system_metrics_s,
+        resume_logging=resumed,
+        tracking_uri=tracked.store.uri,
+    )
+    monitor.start()
+    return monitor
 
 
 def _first_line(err: Exception) -> str:
