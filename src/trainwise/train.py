@@ -47,6 +47,7 @@ def train_and_log(cfg: DictConfig, ctx: JobContext, store, world=None, plan: Pla
         if not world.is_global_zero:
             return None
         metrics = _log_results(cfg, ctx, net, datamodule, tracked, fitted)
+        tracked.set_tags({"mlflow.note.content": record.describe_run(cfg, plan, datamodule, metrics, ctx)})
         if cfg.strategy.data == "source":
             tracked.safely(register_foundation, store, tracked.run_id, cfg.model.name, cfg.source.name)
     record.print_finished(cfg, tracked.run_id, tracked.experiment_id, metrics)

@@ -119,6 +119,37 @@ def log_confusion_matrix(tracked, matrix, class_names: list[str], job_dir: Path)
     tracked.log_text(json.dumps({"classes": class_names, "counts": counts.tolist()}), "plots/confusion_matrix.json")
 
 
+def describe_run(cfg: DictConfig, plan, datamodule, metrics: dict[str, float], ctx) -> str:
+    """The run's description (`mlflow.note.content`, its overview page in the MLflow UI): the strategy, where its
+    weights came from, the data and its sizes, and the headline result, in markdown."""
+    from trainwise import strategies
+
+    data = strategies.training_data(cfg)
+    sizes = datamodule.sizes()
+    channels, size = datamodule.input_shape
+    foundation = plan.foundation
+    if foundation is not None:
+        weights = f"the foundation run `{foundation.run_id}`" if foundation.run_id else f"`{foundation.source}`"
+    else:
+        weights = "random initialisation"
+    tuned = " (chosen on validation by a search)" if "trainwise.tuning_run" in ctx.extra_tags else ""
+    lines = [
+        f"**{cfg.strategy.name}** of `{cfg.model.name}` on `{data.name}`: {sizes['train']:,} training and "
+        f"{sizes['val']:,} validation images (input {channels}x{size}x{size}), {sizes['test']:,} test images. "
+        f"Weights from {weights}; freeze: {cfg.strategy.get('freeze', 'none')}; learning rate "
+        f"{cfg.optimizer.lr:g}{tuned}.",
+    ]
+    epochs = int(metrics.get("cost/epochs", 0))
+    cost = f"{epochs} epochs, {metrics.get('cost/fit_seconds', 0.0):.1f} s of training"
+    if "test/acc" in metrics:
+        chosen = "the best validation epoch" if datamodule.has_validation else "the last epoch (no validation split)"
+        lines.append(f"Result: test accuracy **{100 * metrics['test/acc']:.2f} %** ({chosen}), {cost}.")
+    else:
+        lines.append(f"A learning-rate search trial, not tested: best validation accuracy "
+                     f"{100 * metrics.get('val/acc_best', float('nan')):.2f} %, {cost}.")  # fmt: skip
+    return "\n\n".join(lines)
+
+
 def print_finished(cfg: DictConfig, run_id: str, experiment_id: str, metrics: dict[str, float]) -> None:
     from trainwise.tracking.store import runs_table_url
 
