@@ -489,3 +489,13 @@ def test_the_best_run_is_chosen_among_the_runs_with_the_most_labels(store_uri, t
     _job(client, experiment_id, parent, "scratch", 1, 0.93, 5.0, fraction="1.0", val_size=100)
     report = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path)
     assert report.best_run().run_id == full_data
+
+
+def test_the_printed_comparison_fits_100_columns_and_report_md_keeps_every_column(known_sweep, tmp_path, capsys):
+    uri, parent = known_sweep
+    report = build_report(open_store(uri), sweep_run_id=parent, out_dir=tmp_path)
+    report.print()
+    printed = capsys.readouterr().out
+    assert max(len(line) for line in printed.splitlines()) <= 100
+    assert "95 % CI" in printed and "0.970 ± 0.010" in printed
+    assert "| trainable / total params |" in (tmp_path / "report.md").read_text()
