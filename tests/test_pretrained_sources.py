@@ -68,11 +68,26 @@ def test_missing_backbone_weights_are_an_architecture_mismatch(tmp_path, timm_mo
         load_into(net, Foundation(state, source="partial"))
 
 
+def version_experiment(client, run_id: str) -> str:
+    return client.get_run(run_id).info.experiment_id
+
+
 def test_full_runs_are_registered_and_models_uri_finds_them(tmp_path, store_uri):
     full = run_job(tmp_path / "full", store_uri, "strategy=full")
     client = mlflow_client(store_uri)
     version = client.get_model_version_by_alias("trainwise-small_cnn-glyphs", "newest")
     assert version.run_id == full.run_id
+    (logged,) = client.search_logged_models([version_experiment(client, full.run_id)])  # the UI's Logged models
+    assert logged.source_run_id == full.run_id and logged.name == "model"
+    # An MLflow Model: loaded by alias, it maps a batch of images to scores over the source's classes.
+    import mlflow.pytorch
+    import torch
+
+    from trainwise.tracking.store import tracking_env
+
+    with tracking_env(store_uri):
+        network = mlflow.pytorch.load_model("models:/trainwise-small_cnn-glyphs@newest")
+    assert network(torch.rand(3, 1, 8, 8)).shape == (3, 62)
     tuned = run_job(
         tmp_path / "ft", store_uri, "strategy=finetune", "strategy.pretrained=models:/trainwise-small_cnn-glyphs@latest"
     )

@@ -48,8 +48,14 @@ def train_and_log(cfg: DictConfig, ctx: JobContext, store, world=None, plan: Pla
             return None
         metrics = _log_results(cfg, ctx, net, datamodule, tracked, fitted)
         tracked.set_tags({"mlflow.note.content": record.describe_run(cfg, plan, datamodule, metrics, ctx)})
-        if cfg.strategy.data == "source":
-            tracked.safely(register_foundation, store, tracked.run_id, cfg.model.name, cfg.source.name)
+        log_model = str(cfg.tracking.get("log_model", "auto")).lower()
+        foundation = cfg.strategy.data == "source"
+        wanted = log_model == "true" or (log_model == "auto" and foundation)
+        model_uri = None
+        if wanted and ctx.test and not cfg.accelerator.get("compile", False):  # (a compiled module does not pickle)
+            model_uri = tracked.safely(record.log_model, store, tracked.run_id, net, datamodule.input_shape)
+        if foundation:
+            tracked.safely(register_foundation, store, tracked.run_id, cfg.model.name, cfg.source.name, model_uri)
     record.print_finished(cfg, tracked.run_id, tracked.experiment_id, metrics)
     return RunResult(tracked.run_id, tracked.experiment_id, metrics)
 

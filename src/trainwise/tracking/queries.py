@@ -30,8 +30,8 @@ def find_finished_run(store, experiment_id: str, config_hash: str):
     return runs[0] if runs else None
 
 
-def register_foundation(store, run_id: str, model: str, source: str) -> str:
-    """Register a full run's checkpoints as a new version of `trainwise-<model>-<source>` and move the alias
+def register_foundation(store, run_id: str, model: str, source: str, model_uri: str | None = None) -> str:
+    """Register a full run's MLflow Model as a new version of `trainwise-<model>-<source>` and move the alias
     `newest` to it: `strategy.pretrained=models:/trainwise-<model>-<source>@newest` (or `/latest`, MLflow's own
     name for the highest version; MLflow reserves `latest` as an alias name)."""
     from mlflow.exceptions import MlflowException
@@ -41,6 +41,11 @@ def register_foundation(store, run_id: str, model: str, source: str) -> str:
         store.client.create_registered_model(name)
     except MlflowException:
         pass  # already registered
-    version = store.client.create_model_version(name, source=f"runs:/{run_id}/checkpoints", run_id=run_id)
+    # The run's MLflow Model when it logged one (tracking.log_model), else its checkpoints folder.
+    from trainwise.tracking.store import tracking_env
+
+    location = model_uri or f"runs:/{run_id}/checkpoints"
+    with tracking_env(store.uri):  # MLflow resolves a models:/ source through the environment's store
+        version = store.client.create_model_version(name, source=location, run_id=run_id)
     store.client.set_registered_model_alias(name, "newest", version.version)
     return version.version

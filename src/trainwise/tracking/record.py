@@ -119,6 +119,34 @@ def log_confusion_matrix(tracked, matrix, class_names: list[str], job_dir: Path)
     tracked.log_text(json.dumps({"classes": class_names, "counts": counts.tolist()}), "plots/confusion_matrix.json")
 
 
+def log_model(store, run_id: str, net, input_shape: tuple[int, int]) -> str:
+    """The run's network as an MLflow Model (pytorch flavor, with a signature and an input example), a logged model
+    named `model` of the run (the UI's "Logged models"): `mlflow.pytorch.load_model(<the returned models:/ URI>)`
+    returns a network that maps a batch of images (N, C, H, W, floats in [0, 1]) to class scores. `net` holds the
+    tested (best epoch's) weights."""
+    import copy
+
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import Model, infer_signature
+
+    from trainwise.tracking.store import tracking_env
+
+    channels, size = input_shape
+    model = copy.deepcopy(net).cpu().eval().to(memory_format=torch.contiguous_format)
+    example = torch.rand(2, channels, size, size)
+    with torch.no_grad():
+        signature = infer_signature(example.numpy(), model(example).numpy())
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", "timm", "trainwise"]  # not inferred: that is slow
+    experiment_id = store.client.get_run(run_id).info.experiment_id  # the logged model lives beside its run
+    with tracking_env(store.uri, experiment_id):  # MLflow's log_model resolves the store from the environment
+        return Model.log(
+            artifact_path=None, name="model", flavor=mlflow.pytorch, run_id=run_id, pytorch_model=model,
+            signature=signature,
+            input_example=example.numpy(), pip_requirements=requirements,
+        ).model_uri  # fmt: skip
+
+
 def describe_run(cfg: DictConfig, plan, datamodule, metrics: dict[str, float], ctx) -> str:
     """The run's description (`mlflow.note.content`, its overview page in the MLflow UI): the strategy, where its
     weights came from, the data and its sizes, and the headline result, in markdown."""

@@ -244,7 +244,11 @@ def _signals_held():
 def _start_system_metrics(tracked: TrackedRun, resumed: bool):
     """MLflow's system-metrics sampler (the UI's "System metrics" tab: CPU, memory, disk, network, GPU when there
     is one), bound to this run's store rather than the process-wide tracking URI."""
+    import logging
+
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop/no-GPU lines are noise
 
     class SystemMetrics(SystemMetricsMonitor):
         def finish(self):

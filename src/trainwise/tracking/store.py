@@ -148,6 +148,13 @@ def registry_env(uri: str):
     return _env(MLFLOW_REGISTRY_URI=uri)
 
 
+def tracking_env(uri: str, experiment_id: str | None = None):
+    """For the MLflow calls that only read the store (and the experiment) from the environment: log_model,
+    load_model, a model version whose source is a logged model."""
+    values = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri}
+    return _env(**values, **({"MLFLOW_EXPERIMENT_ID": experiment_id} if experiment_id else {}))
+
+
 @contextmanager
 def _env(**values: str):
     saved = {k: os.environ.get(k) for k in values}
