@@ -102,8 +102,8 @@ def validate(cfg: DictConfig) -> None:
         if not isinstance(value, int) or value <= 0:
             raise UserError(f"trainer.{key}={value!r} must be a positive integer")
     lr = cfg.optimizer.get("lr")
-    if not isinstance(lr, (int, float)) or lr <= 0:
-        raise UserError(f"optimizer.lr={lr!r} must be a positive number, e.g. optimizer.lr=0.001")
+    if lr != "auto" and (not isinstance(lr, (int, float)) or lr <= 0):
+        raise UserError(f"optimizer.lr={lr!r} must be a positive number or auto (the LR finder), e.g. 0.001")
     tuning = cfg.get("tuning")
     if tuning is not None and tuning.enabled:
         for key in ("lr", "backbone_lr_mult"):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from trainwise import accelerator, distributed, strategies
+from trainwise import accelerator, distributed, lr_find, strategies
 from trainwise.config import to_container
 from trainwise.context import JobContext, Plan, RunResult
 from trainwise.errors import Interrupted
@@ -42,7 +42,7 @@ def train_and_log(cfg: DictConfig, ctx: JobContext, store, world=None, plan: Pla
         if world.is_global_zero:
             world.send_plan(Plan(to_container(cfg), tracked.run_id, plan.foundation, plan.resume))
         datamodule = _setup_data(cfg, plan, world, tracked)
-        net, module, datamodule, caching_seconds = _setup_model(cfg, plan, datamodule, tracked)
+        net, module, datamodule, caching_seconds = _setup_model(cfg, plan, datamodule, tracked, ctx, world)
         fitted = _fit_and_test(cfg, ctx, module, datamodule, tracked, world, plan, caching_seconds)
         if not world.is_global_zero:
             return None
@@ -94,7 +94,7 @@ def _warn_if_lossy(datamodule, foundation, world) -> None:
         )
 
 
-def _setup_model(cfg: DictConfig, plan: Plan, datamodule, tracked):
+def _setup_model(cfg: DictConfig, plan: Plan, datamodule, tracked, ctx: JobContext, world):
     """Backbone + a new head for this data's classes, the foundation's weights, what the strategy freezes, the
     backbone's features cached where the strategy trains the head alone; then the LightningModule."""
     import torch
@@ -124,11 +124,14 @@ def _setup_model(cfg: DictConfig, plan: Plan, datamodule, tracked):
         "class_names": datamodule.data.class_names,
         "run_id": tracked.run_id,
     }
+    shared = {
+        "num_classes": datamodule.num_classes, "scheduler_cfg": cfg.scheduler, "frozen": frozen,
+        "checkpoint_meta": meta, "features_cached": strategies.caches_features(cfg), "channels_last": channels_last,
+    }  # fmt: skip
+    if lr_find.wanted(cfg):  # optimizer.lr=auto: Lightning's finder sets cfg.optimizer.lr
+        lr_find.resolve(cfg, net, datamodule, shared, tracked, ctx.job_dir, world)
     groups = strategies.optimizer_groups(cfg, net)
-    module = ClassificationModule(
-        net, datamodule.num_classes, cfg.optimizer, cfg.scheduler, groups, frozen, checkpoint_meta=meta,
-        features_cached=strategies.caches_features(cfg), channels_last=channels_last,
-    )  # fmt: skip
+    module = ClassificationModule(net, optimizer_cfg=cfg.optimizer, param_groups=groups, **shared)
     return net, module, datamodule, caching_seconds
 
 
