@@ -149,6 +149,19 @@ def _reproduce(args: list[str]) -> int:
     return reproduce(opts.run_id, _tracking_uri(opts), trust=opts.trust, tolerance=opts.tolerance)
 
 
+def _export(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="trainwise export", description="Write a run's best network to a file.")
+    parser.add_argument("run_id")
+    parser.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    parser.add_argument("--out", default=None, help="the file to write (default: ./RUN_ID.onnx or .pt)")
+    parser.add_argument("--tracking-uri", default=None, help=_TRACKING_HELP)
+    opts = parser.parse_args(args)
+    from trainwise.export import export
+
+    export(opts.run_id, _tracking_uri(opts), opts.format, opts.out)
+    return 0
+
+
 def _ui(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="trainwise ui", description="Open the MLflow UI on the tracking store.")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
@@ -201,6 +214,11 @@ COMMANDS = {
         "reproduce RUN_ID",
         "run a logged run again from its logged config; compare the metrics (exit 1 if they differ\n"
         "or if the run logged none to compare)",
+    ),
+    "export": Command(
+        _export,
+        "export RUN_ID [--format onnx|torchscript] [--out FILE]",
+        "a run's best network as an ONNX or TorchScript file, checked against PyTorch",
     ),
     "ui": Command(_ui, "ui", "the MLflow UI for the configured store, on 127.0.0.1"),
 }
