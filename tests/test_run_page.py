@@ -20,9 +20,11 @@ def test_system_metrics_can_be_switched_off(tmp_path, store_uri):
     assert not any(k.startswith("system/") for k in metrics)
 
 
-def test_every_run_describes_itself_on_its_overview_page(tmp_path, store_uri):
-    """mlflow.note.content: what the MLflow UI shows as the run's description."""
+def test_every_run_describes_itself_on_its_overview_page(tmp_path, store_uri, capsys):
+    """mlflow.note.content: what the MLflow UI shows as the run's description; the link printed opens that page
+    in the model-training view."""
     result = run_job(tmp_path, store_uri, "strategy=finetune")
+    assert f"/runs/{result.run_id}?workflowType=machine_learning" in capsys.readouterr().out
     client = mlflow_client(store_uri)
     run = client.get_run(result.run_id)
     note = run.data.tags["mlflow.note.content"]

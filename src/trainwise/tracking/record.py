@@ -179,7 +179,7 @@ def describe_run(cfg: DictConfig, plan, datamodule, metrics: dict[str, float], c
 
 
 def print_finished(cfg: DictConfig, run_id: str, experiment_id: str, metrics: dict[str, float]) -> None:
-    from trainwise.tracking.store import runs_table_url
+    from trainwise.tracking.store import run_page_url
 
     if "test/acc" in metrics:
         result = f"test/acc {metrics['test/acc']:.4f}  test/loss {metrics['test/loss']:.4f}"
@@ -187,6 +187,6 @@ def print_finished(cfg: DictConfig, run_id: str, experiment_id: str, metrics: di
         result = f"val/acc_best {metrics.get('val/acc_best', float('nan')):.4f}"
     print(
         f"{cfg.strategy.name}: {result}  fit {metrics['cost/fit_seconds']:.1f}s  (MLflow run {run_id})\n"
-        f"  See the runs: `make ui` or `trainwise ui`, then {runs_table_url(experiment_id)}",
+        f"  See the run: `make ui` or `trainwise ui`, then {run_page_url(experiment_id, run_id)}",
         flush=True,
     )

@@ -38,7 +38,12 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def runs_table_url(experiment_id: str, base: str = "http://127.0.0.1:5000") -> str:
+    # workflowType: MLflow 3 otherwise opens its GenAI view, which shows nothing of these runs.
     return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def run_page_url(experiment_id: str, run_id: str, base: str = "http://127.0.0.1:5000") -> str:
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 @dataclass
