@@ -8,22 +8,20 @@ from helpers import mlflow_client, run_job
 from trainwise.errors import UserError
 
 
-def test_early_stopping_that_no_epoch_can_satisfy_stops_after_its_patience(tmp_path, store_uri):
+def test_early_stopping_that_no_epoch_can_satisfy_stops_after_its_patience_with_the_lr_monitor_beside_it(
+    tmp_path, store_uri
+):
     # min_delta 1.0: no accuracy can improve by a whole 100 %, so every epoch after the first counts as no better.
-    result = run_job(tmp_path, store_uri, "callbacks=early_stopping", "callbacks.early_stopping.patience=2",
-                     "callbacks.early_stopping.min_delta=1.0", "trainer.max_epochs=10")  # fmt: skip
-    run = mlflow_client(store_uri).get_run(result.run_id)
+    result = run_job(tmp_path, store_uri, "callbacks=[early_stopping,lr_monitor]",
+                     "callbacks.early_stopping.patience=2", "callbacks.early_stopping.min_delta=1.0",
+                     "trainer.max_epochs=10")  # fmt: skip
+    client = mlflow_client(store_uri)
+    run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["cost/epochs"] == 3  # the first epoch, then two without improvement
-    assert len(mlflow_client(store_uri).get_metric_history(result.run_id, "val/acc")) == 3
+    assert len(client.get_metric_history(result.run_id, "val/acc")) == 3
     assert run.data.params["callbacks.early_stopping.patience"] == "2"  # in the logged config: reproducible
-
-
-def test_several_callbacks_at_once_and_the_learning_rates_are_logged(tmp_path, store_uri):
-    result = run_job(tmp_path, store_uri, "strategy=scratch", "callbacks=[early_stopping,lr_monitor]",
-                     "trainer.max_epochs=2")  # fmt: skip
-    metrics = mlflow_client(store_uri).get_run(result.run_id).data.metrics
-    assert any(key.startswith("lr-") for key in metrics), sorted(metrics)
+    assert any(key.startswith("lr-") for key in run.data.metrics), sorted(run.data.metrics)  # the lr monitor's
 
 
 def test_early_stopping_without_a_validation_split_is_one_clear_line(tmp_path, store_uri):

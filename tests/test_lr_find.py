@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import mlflow_client, run_job
+from helpers import compose_config, mlflow_client, run_job
 from trainwise.errors import UserError
 
 
@@ -20,6 +20,9 @@ def test_lr_auto_trains_with_the_finders_suggestion_and_logs_it_with_its_plot(tm
     assert f"learning rate {found:g}" in run.data.tags["mlflow.note.content"]
 
 
-def test_lr_auto_under_ddp_is_one_clear_line(tmp_path, store_uri):
+def test_lr_auto_under_ddp_is_one_clear_line_before_any_run():
+    from trainwise.config import validate
+
+    cfg = compose_config("optimizer.lr=auto", "accelerator=ddp_cpu", "accelerator.devices=2")
     with pytest.raises(UserError, match="optimizer.lr=auto runs the learning-rate finder in one process"):
-        run_job(tmp_path, store_uri, "optimizer.lr=auto", "accelerator=ddp_cpu", "accelerator.devices=2")
+        validate(cfg)
