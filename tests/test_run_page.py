@@ -28,3 +28,17 @@ def test_every_run_describes_itself_on_its_overview_page(tmp_path, store_uri, ca
     assert f"test accuracy **{100 * run.data.metrics['test/acc']:.2f} %** (the best validation epoch)" in note
     assert "Weights from random initialisation" in client.get_run(foundation).data.tags["mlflow.note.content"]
     assert not any(k.startswith("system/") for k in run.data.metrics)  # tracking.system_metrics_every_s=0: off
+
+
+def test_a_model_the_store_refuses_is_a_warning_and_the_run_still_finishes(tmp_path, store_uri, monkeypatch):
+    """Seen against a real server: a refused model version left the foundation's run RUNNING."""
+    import trainwise.tracking.record as record
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("INVALID_PARAMETER_VALUE: refused by the store")
+
+    monkeypatch.setattr(record, "log_model", refused)
+    result = run_job(tmp_path, store_uri, "strategy=full")
+    run = mlflow_client(store_uri).get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["trainwise.model_error"] == "INVALID_PARAMETER_VALUE: refused by the store"

@@ -30,8 +30,6 @@ def train_and_log(cfg: DictConfig, ctx: JobContext, store, world=None, plan: Pla
     plan: what rank 0 decided (the foundation a fine-tune starts from, the checkpoint a resume continues from).
     Returns the run's id and final metrics; None on DDP ranks other than 0 (store is None there). Raises
     Interrupted after Ctrl+C/SIGTERM (the run ended KILLED, its checkpoints logged)."""
-    from trainwise.tracking import register_foundation
-
     world = world or distributed.World()
     plan = plan or Plan()
     with record.open_run(cfg, ctx, store, world, plan) as tracked:
@@ -48,16 +46,30 @@ def train_and_log(cfg: DictConfig, ctx: JobContext, store, world=None, plan: Pla
             return None
         metrics = _log_results(cfg, ctx, net, datamodule, tracked, fitted)
         tracked.set_tags({"mlflow.note.content": record.describe_run(cfg, plan, datamodule, metrics, ctx)})
-        log_model = str(cfg.tracking.get("log_model", "auto")).lower()
-        foundation = cfg.strategy.data == "source"
-        wanted = log_model == "true" or (log_model == "auto" and foundation)
-        model_uri = None
-        if wanted and ctx.test and not cfg.accelerator.get("compile", False):  # (a compiled module does not pickle)
-            model_uri = tracked.safely(record.log_model, store, tracked.run_id, net, datamodule.input_shape)
-        if foundation:
-            tracked.safely(register_foundation, store, tracked.run_id, cfg.model.name, cfg.source.name, model_uri)
+        if tracked.broken is None:  # (a store that is down already: the run's records come first)
+            _log_model(cfg, ctx, store, tracked, net, datamodule)
     record.print_finished(cfg, tracked.run_id, tracked.experiment_id, metrics)
     return RunResult(tracked.run_id, tracked.experiment_id, metrics)
+
+
+def _log_model(cfg: DictConfig, ctx: JobContext, store, tracked, net, datamodule) -> None:
+    """The tested network as an MLflow Model (tracking.log_model: auto = full runs), a foundation registered as
+    trainwise-<model>-<source>. A model the store refuses is a warning: the run, its metrics and its checkpoints
+    (what resume, reproduce and strategy.pretrained=auto use) are recorded already."""
+    from trainwise.tracking import register_foundation
+
+    mode = str(cfg.tracking.get("log_model", "auto")).lower()
+    foundation = cfg.strategy.data == "source"
+    try:
+        model_uri = None
+        if (mode == "true" or (mode == "auto" and foundation)) and ctx.test and not cfg.accelerator.get("compile"):
+            model_uri = record.log_model(store, tracked.run_id, net, datamodule.input_shape)  # (compiled: no pickle)
+        if foundation:
+            register_foundation(store, tracked.run_id, cfg.model.name, cfg.source.name, model_uri)
+    except Exception as err:  # noqa: BLE001
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"warning: the run's model was not logged or registered in {store.uri} ({first})", flush=True)
+        tracked.set_tags({"trainwise.model_error": first[:5000]})
 
 
 def _setup_data(cfg: DictConfig, plan: Plan, world, tracked):

@@ -46,6 +46,7 @@ def register_foundation(store, run_id: str, model: str, source: str, model_uri: 
 
     location = model_uri or f"runs:/{run_id}/checkpoints"
     with tracking_env(store.uri):  # MLflow resolves a models:/ source through the environment's store
-        version = store.client.create_model_version(name, source=location, run_id=run_id)
+        model_id = model_uri[len("models:/") :] if model_uri and model_uri.startswith("models:/m-") else None
+        version = store.client.create_model_version(name, source=location, run_id=run_id, model_id=model_id)
     store.client.set_registered_model_alias(name, "newest", version.version)
     return version.version
