@@ -103,6 +103,8 @@ def test_skip_finished_reuses_runs_and_the_report_still_covers_them(tmp_path):
     assert "| scratch" in markdown and "- Foundation full on glyphs" in markdown  # the table holds target runs
 
 
+@pytest.mark.slow  # ~25 s; make test stays under 10 minutes with the install (test_faults' four parallel jobs on
+# one SQLite store and test_server's parallel sweep are slow too)
 def test_joblib_parallel_jobs_on_sqlite_lose_nothing_and_share_one_foundation(tmp_path):
     result = _train(
         tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "strategy=scratch,full,finetune", "seed=0,1"
