@@ -43,8 +43,8 @@ class Report:
         done = [r for r in self.records if not r.failed and r.on_target and "val/acc_best" in r.metrics]
         if not done:
             return None
-        most = max(_labelled(r) for r in done)
-        return max((r for r in done if _labelled(r) == most), key=lambda r: r.metrics["val/acc_best"])
+        most = max(r.labelled_size for r in done)
+        return max((r for r in done if r.labelled_size == most), key=lambda r: r.metrics["val/acc_best"])
 
     def print(self) -> None:
         from rich.console import Console
@@ -77,14 +77,6 @@ class Report:
 # The terminal's columns (index into COLUMNS, short header): strategy, trained on, test acc, its 95 % CI, fit s,
 # total s with the pretraining, runs.
 TERMINAL_COLUMNS = {0: "strategy", 1: "trained on", 8: "test acc", 9: "95 % CI", 5: "fit s", 11: "total s", 12: "runs"}
-
-
-def _labelled(record: RunRecord) -> int:
-    params = record.params
-    size = params.get("data.labelled_size")
-    if size is None:  # a run logged before data.labelled_size
-        size = float(params.get("data.train_size", 0)) + float(params.get("data.val_size", 0))
-    return int(float(size))
 
 
 def build_report(

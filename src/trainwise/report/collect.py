@@ -34,6 +34,15 @@ class RunRecord:
         return self.params.get("strategy.data") != "source" and "trainwise.foundation_hash" not in self.tags
 
     @property
+    def labelled_size(self) -> int:
+        """Every labelled target image the run used: trained on, or selected its checkpoint on."""
+        params = self.params
+        if "data.labelled_size" in params:
+            return int(float(params["data.labelled_size"]))
+        # A run logged before data.labelled_size: its split sizes.
+        return int(float(params.get("data.train_size", "0"))) + int(float(params.get("data.val_size", "0")))
+
+    @property
     def pretraining_unknown(self) -> bool:
         """Started from a foundation whose fit time this store does not hold (a file, timm's weights, a run of
         another store or deleted, a run that logged no cost): its total cost is unknown, not just its fit."""

@@ -58,10 +58,7 @@ class Row:
     @property
     def labelled_size(self) -> int:
         """Every labelled target image the runs used: trained on, or selected their checkpoint on."""
-        params = self.runs[0].params
-        if "data.labelled_size" in params:
-            return int(float(params["data.labelled_size"]))
-        return self.train_size + int(float(params.get("data.val_size", "0")))
+        return self.runs[0].labelled_size
 
     @property
     def pretraining_unknown(self) -> bool:
