@@ -105,10 +105,9 @@ def validate(cfg: DictConfig) -> None:
     if lr != "auto" and (not isinstance(lr, (int, float)) or lr <= 0):
         raise UserError(f"optimizer.lr={lr!r} must be a positive number or auto (the LR finder), e.g. 0.001")
     if lr == "auto" and str(cfg.accelerator.get("strategy", "auto")) == "ddp":
-        raise UserError(
-            "optimizer.lr=auto runs the learning-rate finder in one process; under DDP every rank would find its "
-            "own rate. Run it once without DDP and pass the rate it logs (optimizer.lr_found) as optimizer.lr"
-        )
+        from trainwise.lr_find import UNDER_DDP
+
+        raise UserError(UNDER_DDP)
     tuning = cfg.get("tuning")
     if tuning is not None and tuning.enabled:
         for key in ("lr", "backbone_lr_mult"):

@@ -17,6 +17,10 @@ from omegaconf import DictConfig, open_dict
 from trainwise.errors import UserError
 
 STEPS = 100  # lr_find's default
+UNDER_DDP = (
+    "optimizer.lr=auto runs the learning-rate finder in one process; under DDP every rank would find its own rate. "
+    "Run it once without DDP and pass the rate it logs (optimizer.lr_found) as optimizer.lr"
+)
 PROBE_LR = 1e-3  # only builds the optimizer the finder then drives from min_lr to max_lr
 
 
@@ -26,11 +30,8 @@ def wanted(cfg: DictConfig) -> bool:
 
 def resolve(cfg: DictConfig, net, datamodule, module_kwargs: dict, tracked, job_dir: Path, world) -> float:
     """Find the rate, log it and its plot, and set `cfg.optimizer.lr` to it (in place). Returns the rate."""
-    if world.distributed:
-        raise UserError(
-            "optimizer.lr=auto runs the learning-rate finder in one process; under DDP every rank would find its "
-            "own rate. Run it once without DDP and pass the rate it logs (optimizer.lr_found) as optimizer.lr"
-        )
+    if world.distributed:  # (ranks started by torchrun or SLURM; config.validate refuses accelerator DDP earlier)
+        raise UserError(UNDER_DDP)
     found = _logged(tracked)
     if found is None:
         found = _search(cfg, net, datamodule, module_kwargs, tracked, job_dir)
