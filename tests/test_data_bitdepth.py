@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from helpers import compose_config
-from trainwise.data.imagefolder import load_imagefolder
+from trainwise.data import build_datamodule
 
 
 def _write(path: Path, array: np.ndarray) -> None:
@@ -22,8 +22,9 @@ def _write(path: Path, array: np.ndarray) -> None:
 
 def _load(root: Path, channels: int = 1, size: int = 8):
     cfg = compose_config("dataset=imagefolder", f"dataset.root={root}", f"dataset.image_size={size}",
-                         f"dataset.channels={channels}").dataset  # fmt: skip
-    return load_imagefolder(cfg)
+                         f"dataset.channels={channels}", "dataset.test_fraction=0",
+                         "dataset.val_fraction=0").dataset  # fmt: skip
+    return build_datamodule(cfg, seed=0).data  # decoded: float32 for a set of deep images
 
 
 @pytest.mark.parametrize("channels", [1, 3])

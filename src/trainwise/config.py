@@ -95,6 +95,10 @@ def validate(cfg: DictConfig) -> None:
                 raise UserError(f"{slot}.{key}={value!r} must be a positive integer")
         if str(data.get("device_resident", "auto")).lower() not in ("auto", "true", "false"):
             raise UserError(f"{slot}.device_resident={data.device_resident!r} must be auto, true or false")
+        for key in ("memory_budget_mb", "num_workers"):
+            value = data.get(key, "auto")
+            if value != "auto" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise UserError(f"{slot}.{key}={value!r} must be auto or a non-negative integer")
     for slot in ("dataset", "source"):
         augment_pad(cfg[slot])
     for key in ("max_epochs",):
@@ -134,17 +138,23 @@ def _positive(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
-AUGMENTS = ("none", "crop_flip")  # see trainwise.data.augment
+AUGMENTS = ("none", "crop_flip", "imagenet")  # see trainwise.data.augment
+
+
+def augment_name(data_cfg) -> str:
+    """dataset.augment, checked here (without torch) so that a bad value stops a run before it starts."""
+    name = str(data_cfg.get("augment", "none")).lower()
+    if name == "null":
+        return "none"
+    if name not in AUGMENTS:
+        raise UserError(f"dataset.augment={name!r} is not valid; choose one of: {', '.join(AUGMENTS)}")
+    return name
 
 
 def augment_pad(data_cfg) -> int | None:
-    """The crop padding when a dataset node asks for crop_flip, None for no augmentation (checked here, without
-    torch, so that a bad value stops a run before it starts)."""
-    name = str(data_cfg.get("augment", "none")).lower()
-    if name in ("none", "null"):
+    """The crop padding when a dataset node asks for crop_flip, None otherwise."""
+    if augment_name(data_cfg) != "crop_flip":
         return None
-    if name != "crop_flip":
-        raise UserError(f"dataset.augment={name!r} is not valid; choose one of: {', '.join(AUGMENTS)}")
     pad = data_cfg.get("augment_pad", 4)
     if not isinstance(pad, int) or pad < 0:
         raise UserError(f"dataset.augment_pad={pad!r} must be a non-negative integer (pixels)")

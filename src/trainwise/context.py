@@ -29,6 +29,7 @@ class ResumePoint:
     checkpoint: str
     input_shape: tuple[int, int]
     best_checkpoint: str | None = None  # the run's best.ckpt, which last.ckpt's state names
+    preprocess: dict | None = None  # the input normalization it trained with (models.preprocess.Preprocess)
 
 
 @dataclass

@@ -6,6 +6,13 @@ class UserError(Exception):
 
     exit_code = 2
 
+    def __init__(self, message: str = ""):
+        # torch's DataLoader re-raises an error of one of its worker processes as the same type built from a
+        # message that holds the worker's whole traceback; the user's line is its last one.
+        if "Original Traceback" in message:
+            message = message.strip().splitlines()[-1].partition(": ")[2] or message
+        super().__init__(message)
+
 
 class Interrupted(BaseException):
     """A run stopped on SIGINT/SIGTERM; it ends KILLED and can be resumed.

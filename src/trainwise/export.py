@@ -51,6 +51,7 @@ def _load(run_id: str, uri: str):
     from omegaconf import OmegaConf
 
     from trainwise.models import build_model
+    from trainwise.models.preprocess import Preprocess
     from trainwise.tracking import open_store
 
     store = open_store(uri)
@@ -69,7 +70,8 @@ def _load(run_id: str, uri: str):
         raise UserError(f"run {run_id}'s best.ckpt does not say which network it holds (a checkpoint from elsewhere)")
     channels, size = (int(v) for v in meta["input_shape"])
     classes = list(meta.get("class_names") or [])
-    net = build_model(OmegaConf.create(meta["model"]), len(classes), channels, size)
+    preprocess = Preprocess.from_meta(meta.get("preprocess") or {})  # the normalization is part of the model
+    net = build_model(OmegaConf.create(meta["model"]), len(classes), channels, size, preprocess)
     state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     net.load_state_dict(state)
     return net.eval(), (channels, size), classes

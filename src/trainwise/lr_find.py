@@ -67,9 +67,8 @@ def _search(cfg: DictConfig, net, datamodule, module_kwargs: dict, tracked, job_
         accelerator=cfg.accelerator.accelerator, devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(job_dir / "lr_find"),
     )  # fmt: skip
-    finder = Tuner(trainer).lr_find(
-        module, train_dataloaders=datamodule.train_dataloader(), num_training=STEPS, update_attr=False
-    )
+    # The datamodule, not its loader: its on_after_batch_transfer makes the batches float and augments them.
+    finder = Tuner(trainer).lr_find(module, datamodule=datamodule, num_training=STEPS, update_attr=False)
     suggestion = finder.suggestion() if finder is not None else None
     if suggestion is None:
         raise UserError(

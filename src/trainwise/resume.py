@@ -48,6 +48,7 @@ def resume_point(cfg: DictConfig, store, job_dir: Path):
         checkpoint=str(checkpoint),
         input_shape=(int(channels), int(size)),
         best_checkpoint=str(best) if best is not None else None,
+        preprocess=meta.get("preprocess"),
     )
 
 

@@ -77,6 +77,7 @@ def _setup_data(cfg: DictConfig, plan: Plan, world, tracked):
     import pytorch_lightning as pl
 
     from trainwise.data import build_datamodule
+    from trainwise.models.preprocess import for_channels
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     foundation = plan.foundation
@@ -84,11 +85,26 @@ def _setup_data(cfg: DictConfig, plan: Plan, world, tracked):
     # Tiny labelled sets: each epoch repeats the data so the run sees min_train_steps steps in max_epochs.
     min_batches = math.ceil(cfg.min_train_steps / cfg.trainer.max_epochs)
     data_cfg = strategies.training_data(cfg)
-    datamodule = build_datamodule(data_cfg, cfg.seed, input_shape, min_batches)
+    preprocess = _preprocess(cfg, plan)
+    datamodule = build_datamodule(data_cfg, cfg.seed, input_shape, min_batches, preprocess)
+    datamodule.preprocess = for_channels(preprocess, datamodule.input_shape[0])
     _warn_if_lossy(datamodule, foundation, world)
     if plan.resume is None and world.is_global_zero:  # (the digest hashes every image: not on ranks that log nothing)
         record.log_data(tracked, data_cfg, datamodule, datamodule.steps_per_epoch(world.world_size))
     return datamodule
+
+
+def _preprocess(cfg: DictConfig, plan: Plan):
+    """The model's input normalization (models/preprocess.py): what the resumed run or the trainwise foundation
+    trained with (a checkpoint from before it was recorded: none), else what model.normalize resolves to."""
+    from trainwise.models.preprocess import resolve
+
+    if plan.resume is not None:
+        return resolve(cfg.model, plan.resume.preprocess or {})
+    meta = plan.foundation.meta if plan.foundation is not None else {}
+    if "input_shape" in meta:  # a trainwise checkpoint
+        return resolve(cfg.model, meta.get("preprocess") or {})
+    return resolve(cfg.model)
 
 
 def _warn_if_lossy(datamodule, foundation, world) -> None:
@@ -118,7 +134,7 @@ def _setup_model(cfg: DictConfig, plan: Plan, datamodule, tracked, ctx: JobConte
 
     channels, image_size = datamodule.input_shape
     tracked.set_tags({"trainwise.input": f"{channels}x{image_size}x{image_size}"})  # what the model saw
-    net = build_model(cfg.model, datamodule.num_classes, channels, image_size)
+    net = build_model(cfg.model, datamodule.num_classes, channels, image_size, datamodule.preprocess)
     if plan.foundation is not None:
         skipped = pretrained.load_into(net, plan.foundation)
         if skipped:  # the foundation's own head: replaced by a new one for this data's classes
@@ -133,6 +149,7 @@ def _setup_model(cfg: DictConfig, plan: Plan, datamodule, tracked, ctx: JobConte
     meta = {
         "model": to_container(cfg.model),
         "input_shape": [channels, image_size],
+        "preprocess": datamodule.preprocess.as_meta(),
         "class_names": datamodule.data.class_names,
         "run_id": tracked.run_id,
     }
@@ -156,7 +173,7 @@ def _cache_features(cfg: DictConfig, net, datamodule, tracked):
 
         device = "cuda" if accelerator.on_gpu(cfg.accelerator) else "cpu"
         precision = accelerator.precision(cfg.accelerator)
-        datamodule = cache_features(datamodule, net.backbone, device=device, precision=precision)
+        datamodule = cache_features(datamodule, net.encoder, device=device, precision=precision)
     tracked.set_tags({"trainwise.cached_features": str(cached).lower()})
     return datamodule, time.perf_counter() - started
 

@@ -6,6 +6,11 @@
   `dataset.augment_pad` pixels on every side, then a horizontal flip with probability 0.5. The same distribution as
   torchvision's `v2.RandomCrop(size, padding=pad)` + `v2.RandomHorizontalFlip()` applied to each sample
   (`per_sample_transform`, kept for comparisons), but drawn for a whole (N, C, H, W) batch at once.
+- `imagenet`: the natural-image recipe of timm's training script: training images are a random-resized crop
+  (area 8-100 % of the image, aspect ratio 3/4-4/3, as torchvision's `RandomResizedCrop`) resized to `image_size`,
+  flipped with probability 0.5; evaluation images are the center `image_size` crop of the image resized (aspect
+  ratio kept) to `image_size / crop_pct` (the model's crop percentage, see models/preprocess.py). Images are
+  stored at that larger size, so the crop reads real pixels (see build_datamodule).
 
 Written by hand: torchvision's v2 transforms draw one set of parameters per call, so a batch passed to them shares
 a single crop and a single flip; a DataLoader calling them per sample is the per-sample Python work this avoids.
@@ -47,6 +52,51 @@ def crop_flip(images: torch.Tensor, pad: int, generator: torch.Generator | None 
     """Random crop with zero padding and random horizontal flip, each image its own draw, on images' device."""
     top, left, flip = crop_flip_params(len(images), pad, generator, images.device)
     return apply_crop_flip(images, pad, top, left, flip)
+
+
+def random_resized_crop_flip(
+    images: torch.Tensor,
+    size: int,
+    generator: torch.Generator | None = None,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """torchvision's RandomResizedCrop(size) + RandomHorizontalFlip() with a draw per image, for a float batch:
+    the boxes are drawn as `RandomResizedCrop.get_params` draws them (10 tries per image, else the whole image),
+    then one `roi_align` crops and resizes all of them (averaging ceil(box/size) samples per output pixel, so a
+    large box is antialiased as a resize would be)."""
+    from torchvision.ops import roi_align
+
+    n, _channels, height, width = images.shape
+    device = images.device
+    tries = 10
+    area = height * width * torch.empty(n, tries, device=device).uniform_(*scale, generator=generator)
+    log_ratio = torch.empty(n, tries, device=device).uniform_(
+        float(np.log(ratio[0])), float(np.log(ratio[1])), generator=generator
+    )
+    aspect = torch.exp(log_ratio)
+    w = torch.sqrt(area * aspect).round()
+    h = torch.sqrt(area / aspect).round()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = torch.where(fits.any(1), fits.float().argmax(1), torch.full((n,), -1, device=device))
+    pick = first.clamp(min=0)[:, None]
+    w = torch.where(first >= 0, w.gather(1, pick)[:, 0], torch.full((n,), float(width), device=device))
+    h = torch.where(first >= 0, h.gather(1, pick)[:, 0], torch.full((n,), float(height), device=device))
+    top = (torch.rand(n, generator=generator, device=device) * (height - h + 1)).floor()
+    left = (torch.rand(n, generator=generator, device=device) * (width - w + 1)).floor()
+    flip = torch.rand(n, generator=generator, device=device) < 0.5
+    boxes = torch.stack([torch.arange(n, device=device, dtype=images.dtype), left, top, left + w, top + h], 1)
+    crops = roi_align(images, boxes.to(images.dtype), output_size=(size, size), aligned=True)
+    return torch.where(flip[:, None, None, None], crops.flip(-1), crops)
+
+
+def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The central size x size crop, placed as torchvision's CenterCrop places it."""
+    height, width = images.shape[-2:]
+    if height == size and width == size:
+        return images
+    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    return images[..., top : top + size, left : left + size]
 
 
 def batch_generator(device: torch.device, seed: int, epoch: int, batch: int, rank: int = 0) -> torch.Generator:

@@ -1,13 +1,16 @@
-"""A LightningDataModule over images held as tensors (datasets small enough to sit in memory).
+"""A LightningDataModule over decoded images: a tensor in memory (uint8 for 8-bit images), or for sets beyond the
+memory budget a disk cache or the files themselves (trainwise.data.storage), read a batch of indices at a time.
 
 On a GPU the split tensors move to the device once, when they fit (`dataset.device_resident`), so a batch is an
-index into device memory: no per-step host-to-device copy and no DataLoader workers. Training batches are augmented
-there, whole batches at a time (`dataset.augment`, see trainwise.data.augment).
+index into device memory: no per-step host-to-device copy and no DataLoader workers. Every batch becomes float in
+[0, 1] on the device it trains on; training batches are augmented there, whole batches at a time
+(`dataset.augment`, see trainwise.data.augment), and evaluation batches of the imagenet recipe center-cropped.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -15,10 +18,10 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
-from trainwise.config import augment_pad
-from trainwise.data.augment import batch_generator, crop_flip
+from trainwise.config import augment_name, augment_pad
+from trainwise.data.augment import batch_generator, center_crop, crop_flip, random_resized_crop_flip
 from trainwise.data.batches import EpochBatches
 from trainwise.errors import UserError
 
@@ -31,7 +34,9 @@ RESIDENT_SHARE_OF_FREE = 0.25
 
 @dataclass
 class ImageTensors:
-    images: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
+    # (N, C, H, W): uint8 (0-255) or float32 in [0, 1]; or, for an image folder, its ImageFiles (undecoded) and
+    # after build_datamodule a storage.CachedImages / DecodedFiles: anything indexed by a tensor of indices.
+    images: torch.Tensor
     labels: torch.Tensor  # (N,) int64
     class_names: list[str]
     # Optional predefined splits (bool, (N,)), e.g. a dataset's official test set or an image folder's val/ folder.
@@ -40,14 +45,75 @@ class ImageTensors:
     val_mask: torch.Tensor | None = None
 
     def to_input(self, channels: int, size: int) -> ImageTensors:
-        """Resize and convert channels to what a model expects (grayscale <-> colour)."""
+        """Resize and convert channels to what a model expects (grayscale <-> colour), keeping the dtype (a few
+        thousand images at a time, so a uint8 set never has a float copy of itself)."""
         images = self.images
-        if images.shape[-1] != size or images.shape[-2] != size:
-            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        if images.shape[1] != channels:
-            gray = images.mean(dim=1, keepdim=True)
-            images = gray.expand(-1, channels, -1, -1).contiguous() if channels > 1 else gray
-        return replace(self, images=images.clamp(0, 1))
+        if tuple(images.shape[1:]) == (channels, size, size):
+            return self
+        out = torch.empty((len(images), channels, size, size), dtype=images.dtype)
+        for start in range(0, len(images), 4096):
+            out[start : start + 4096] = adapt_images(images[start : start + 4096], channels, size)
+        return replace(self, images=out)
+
+
+def adapt_images(images: torch.Tensor, channels: int, size: int) -> torch.Tensor:
+    """A batch resized (bilinear, antialiased) to size x size with `channels` channels, in its own dtype."""
+    dtype = images.dtype
+    images = images.float() / 255.0 if dtype == torch.uint8 else images
+    if images.shape[-1] != size or images.shape[-2] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    if images.shape[1] != channels:
+        gray = images.mean(dim=1, keepdim=True)
+        images = gray.expand(-1, channels, -1, -1).contiguous() if channels > 1 else gray
+    images = images.clamp(0, 1)
+    return (images * 255.0).round().to(torch.uint8) if dtype == torch.uint8 else images
+
+
+class ResizedImages:
+    """A set in memory resized to the input shape a batch at a time (in DataLoader workers), where the resized set
+    would not fit the memory budget."""
+
+    def __init__(self, images: torch.Tensor, channels: int, size: int):
+        self.images, self.channels, self.size = images, channels, size
+        self.shape = (len(images), channels, size, size)
+        self.dtype = images.dtype
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.images.element_size()
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        return adapt_images(self.images[index], self.channels, self.size)
+
+    def digest(self) -> str:
+        import hashlib
+
+        hasher = hashlib.sha256(str(self.shape).encode())
+        _hash_in_place(hasher, self.images.numpy())
+        return hasher.hexdigest()
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels as float32 in [0, 1] (on whatever device they are); float images as they are."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+
+
+class IndexedImages(Dataset):
+    """One split: `dataset[batch_positions]` is the batch (images, labels) of those positions of the split, read
+    from the whole set's images with one indexing (no per-sample collation, no copy of the split)."""
+
+    def __init__(self, images, labels: torch.Tensor, indices: torch.Tensor):
+        self.images, self.labels, self.indices = images, labels, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, positions: torch.Tensor):
+        rows = self.indices[positions]
+        return self.images[rows], self.labels[rows]
 
 
 def _split(
@@ -134,14 +200,22 @@ class TensorDataModule(pl.LightningDataModule):
     is, and the training pool is what is in neither; the val mask may equal the test mask (validating on the
     test split, as some examples do)."""
 
-    def __init__(self, data: ImageTensors, cfg, seed: int, min_train_batches: int = 1):
+    def __init__(self, data: ImageTensors, cfg, seed: int, min_train_batches: int = 1, image_size: int | None = None):
         super().__init__()
         self.data = data
         self.min_train_batches = min_train_batches  # tiny training sets: several passes per epoch
         self.batch_size = int(cfg.batch_size)
-        self.num_workers = int(cfg.get("num_workers", 0))
+        in_memory = isinstance(data.images, torch.Tensor)
+        workers = cfg.get("num_workers", "auto")
+        # auto: slicing a tensor in memory needs no workers; reading a disk cache or decoding files does.
+        self.num_workers = (0 if in_memory else min(4, os.cpu_count() or 1)) if workers == "auto" else int(workers)
         self.seed = seed
-        self.augment_pad = augment_pad(cfg)  # None: no augmentation
+        self.augment = augment_name(cfg)  # none | crop_flip | imagenet
+        self.augment_pad = augment_pad(cfg)  # crop_flip's padding, else None
+        # The size the model sees; the stored images may be larger (the imagenet recipe crops them).
+        self.image_size = int(image_size or data.images.shape[-1])
+        self.channels = int(data.images.shape[1])
+        self.features_cached = False  # set by cache_features: batches are features, used as they are
         self.device_resident = str(cfg.get("device_resident", "auto")).lower()
         if self.device_resident not in ("auto", "true", "false"):
             raise UserError(f"dataset.device_resident={self.device_resident!r} must be auto, true or false")
@@ -174,15 +248,19 @@ class TensorDataModule(pl.LightningDataModule):
     @property
     def input_shape(self) -> tuple[int, int]:
         """(channels, image_size)."""
-        return int(self.data.images.shape[1]), int(self.data.images.shape[-1])
+        return self.channels, self.image_size
 
     def digest(self) -> str:
-        """A short content hash of the images and labels (what a run trained and was tested on)."""
+        """A short content hash of the images and labels (what a run trained and was tested on); for images on disk,
+        of the files' list, sizes and modification times and how they are decoded (hashing them would read them)."""
         import hashlib
 
         hasher = hashlib.sha256()
-        for tensor in (self.data.images, self.data.labels):
-            _hash_in_place(hasher, tensor.numpy())
+        if isinstance(self.data.images, torch.Tensor):
+            _hash_in_place(hasher, self.data.images.numpy())
+        else:
+            hasher.update(self.data.images.digest().encode())
+        _hash_in_place(hasher, self.data.labels.numpy())
         return hasher.hexdigest()[:16]
 
     def class_counts(self) -> dict[str, dict[str, int]]:
@@ -221,8 +299,8 @@ class TensorDataModule(pl.LightningDataModule):
             log.info("data: %.1f MB of tensors, %s", self._split_bytes() / 2**20, where)
 
     def _resident_on(self, device: torch.device) -> bool:
-        if device.type == "cpu" or self.device_resident == "false":
-            return False  # on CPU the tensors already are where the model runs
+        if device.type == "cpu" or self.device_resident == "false" or not isinstance(self.data.images, torch.Tensor):
+            return False  # on CPU the tensors already are where the model runs; a disk cache is too large
         if self.device_resident == "true":
             return True
         if device.type != "cuda":
@@ -236,39 +314,56 @@ class TensorDataModule(pl.LightningDataModule):
         return int(share * (self.data.images.nbytes + self.data.labels.nbytes))
 
     def augment_batch(self, images: torch.Tensor, epoch: int, batch: int, rank: int = 0) -> torch.Tensor:
-        """dataset.augment applied to one training batch, on its device, drawn from (seed, epoch, batch, rank)."""
-        if self.augment_pad is None:
-            return images
+        """dataset.augment applied to one float training batch, on its device, drawn from (seed, epoch, batch,
+        rank)."""
+        if self.augment == "none":
+            return center_crop(images, self.image_size)
         generator = batch_generator(images.device, self.seed, epoch, batch, rank)
+        if self.augment == "imagenet":
+            return random_resized_crop_flip(images, self.image_size, generator)
         return crop_flip(images, self.augment_pad, generator)
 
+    def eval_view(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch as the model sees it outside training: float in [0, 1], center-cropped to image_size."""
+        return center_crop(to_float(images), self.image_size)
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        # Training batches only, after they reach the device. The batch's index within the epoch is the count of
-        # batches Lightning has made ready so far (it restores that count on resume; this hook runs just before
-        # it is incremented).
-        trainer = self.trainer
-        if self.augment_pad is None or trainer is None or not trainer.training:
+        # After the batch reaches the device: uint8 -> float there (a quarter of the bytes to copy), then the
+        # training augmentation. The batch's index within the epoch is the count of batches Lightning has made
+        # ready so far (it restores that count on resume; this hook runs just before it is incremented).
+        if self.features_cached:
             return batch
+        trainer = self.trainer
         images, labels = batch
+        if trainer is None or not trainer.training:
+            return self.eval_view(images), labels
         batch_idx = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        return self.augment_batch(images, trainer.current_epoch, batch_idx, trainer.global_rank), labels
+        return self.augment_batch(to_float(images), trainer.current_epoch, batch_idx, trainer.global_rank), labels
 
     def _loader(self, indices: np.ndarray, shuffle: bool, split: str) -> DataLoader:
         idx = torch.from_numpy(indices)
-        images, labels = self.data.images[idx], self.data.labels[idx]
+        images, labels = self.data.images, self.data.labels
         num_workers = self.num_workers
         if self.resident_device is not None:
             # Once per loader (per fit or test), not per step. No workers: a batch is an index into device memory
             # (and CUDA tensors cannot be shared with forked worker processes).
-            images, labels = images.to(self.resident_device), labels.to(self.resident_device)
+            images, labels = images[idx].to(self.resident_device), labels[idx].to(self.resident_device)
+            idx = torch.arange(len(idx), device=self.resident_device)
             num_workers = 0
-        dataset = TensorDataset(images, labels)
-        # Index the tensors with a whole batch of indices at once: no per-sample collation. Under DDP each rank
+        dataset = IndexedImages(images, labels, idx)
+        # Index the images with a whole batch of indices at once: no per-sample collation. Under DDP each rank
         # gets its own share (the Trainer runs with use_distributed_sampler=False).
         min_batches = self.min_train_batches if shuffle else 1
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         batches = EpochBatches(len(dataset), self.batch_size, self.seed, shuffle, min_batches, rank, world_size, split)
-        return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=num_workers)
+        pin = self.resident_device is None and torch.cuda.is_available() and self._on_gpu()
+        return DataLoader(
+            dataset, sampler=batches, batch_size=None, num_workers=num_workers, pin_memory=pin,
+            persistent_workers=num_workers > 0,
+        )  # fmt: skip
+
+    def _on_gpu(self) -> bool:
+        return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_idx, shuffle=True, split="train")

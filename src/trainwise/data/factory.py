@@ -3,31 +3,64 @@ and a per-seed labelled subset."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
+from trainwise.config import augment_name
+
 # The built-in loaders register themselves on import; the real datasets' modules are cheap to import
 # (torchvision and PIL load inside their loaders).
 from trainwise.data import builtin, imagefolder, torchvision_sets  # noqa: F401
-from trainwise.data.datamodule import TensorDataModule
+from trainwise.data.datamodule import ImageTensors, ResizedImages, TensorDataModule
+from trainwise.data.imagefolder import ImageFiles
 from trainwise.data.registry import dataset_names, get_loader
+from trainwise.data.storage import Decode, memory_budget, place_files
 from trainwise.errors import UserError
 
 
 def build_datamodule(
-    data_cfg, seed: int, input_shape: tuple[int, int] | None = None, min_train_batches: int = 1
+    data_cfg, seed: int, input_shape: tuple[int, int] | None = None, min_train_batches: int = 1, preprocess=None
 ) -> TensorDataModule:
     """The datamodule for `data_cfg` (its `name` picks the registered loader).
 
     input_shape (channels, image_size) forces the images to what a pretrained model expects; min_train_batches
-    makes each epoch of a tiny training set several passes. Raises UserError for an unknown name, or data that
-    is missing or too small for its splits."""
+    makes each epoch of a tiny training set several passes; preprocess (models.preprocess.Preprocess): the
+    model's crop percentage and interpolation, for the imagenet recipe. Raises UserError for an unknown name, or
+    data that is missing or too small for its splits. `datamodule.storage` says where the images are kept
+    (memory, disk_cache or decode; see trainwise.data.storage)."""
     loader = get_loader(data_cfg.name)
     if loader is None:
         raise UserError(f"dataset name {data_cfg.name!r} is unknown; choose one of: {', '.join(dataset_names())}")
-    images = loader(data_cfg)
-    native = (int(images.images.shape[1]), int(images.images.shape[-1]))
-    channels, size = input_shape or (images.images.shape[1], data_cfg.image_size)
-    datamodule = TensorDataModule(images.to_input(channels, size), data_cfg, seed, min_train_batches)
+    data = loader(data_cfg)
+    native = (int(data.images.shape[1]), int(data.images.shape[-1]))
+    channels, size = input_shape or (native[0], int(data_cfg.image_size))
+    imagenet = augment_name(data_cfg) == "imagenet"
+    crop_pct = preprocess.crop_pct if preprocess is not None else 0.875
+    interpolation = preprocess.interpolation if preprocess is not None else "bilinear"
+    # The imagenet recipe keeps more than the model sees: training crops at random from it, evaluation keeps
+    # the center (timm's scale size: floor(image_size / crop_pct)).
+    stored = math.floor(size / crop_pct) if imagenet else size
+    if isinstance(data.images, ImageFiles):
+        decode = Decode(channels, stored, "crop" if imagenet else "squash", interpolation,
+                        "float32" if data.images.deep else "uint8")  # fmt: skip
+        images, storage = place_files(data.images, data_cfg, decode)
+        data = replace(data, images=images)
+    else:
+        data, storage = _resized(data, channels, stored, data_cfg)
+    datamodule = TensorDataModule(data, data_cfg, seed, min_train_batches, image_size=size)
     datamodule.native_shape = native  # (channels, size) as loaded, before a foundation's input shape was forced
+    datamodule.storage = storage
     return datamodule
+
+
+def _resized(data: ImageTensors, channels: int, size: int, data_cfg) -> tuple[ImageTensors, str]:
+    """A loaded set at the input shape: resized once in memory when that fits the memory budget, else per batch
+    (a 32-px set resized for a 224-px foundation grows 49-fold)."""
+    itemsize = data.images.element_size()
+    nbytes = len(data.images) * channels * size * size * itemsize
+    if tuple(data.images.shape[1:]) == (channels, size, size) or nbytes <= memory_budget(data_cfg):
+        return data.to_input(channels, size), "memory"
+    return replace(data, images=ResizedImages(data.images, channels, size)), "resized_per_batch"
 
 
 def adaptation_loss(native: tuple[int, int], used: tuple[int, int]) -> str | None:

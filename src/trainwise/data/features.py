@@ -24,7 +24,7 @@ def lightning_precision(precision: str, device: torch.device):
 @torch.no_grad()
 def cache_features(
     datamodule,
-    backbone: torch.nn.Module,
+    backbone: torch.nn.Module,  # the Net's normalization and backbone (Net.encoder)
     batch_size: int = 512,
     device: str | None = None,
     precision: str = "32-true",
@@ -37,7 +37,7 @@ def cache_features(
     caller's module is left where it was (in place, no second copy of a large model; only a *-true precision other
     than 32, where Lightning casts the weights, computes on a cast copy). The features are kept in host memory,
     like the images they replace; half-precision ones as float32 (exact, and what the images were)."""
-    if getattr(datamodule, "augment_pad", None) is not None:
+    if datamodule.augment != "none":
         raise ValueError("augmented training data gives different features every step: it cannot be cached")
     home = next(backbone.parameters()).device
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else home))
@@ -47,12 +47,15 @@ def cache_features(
     try:
         cast = str(precision) in ("16-true", "bf16-true", "64", "64-true")  # Lightning casts the weights
         net = plugin.convert_module(copy.deepcopy(backbone)) if cast else backbone
-        chunks = datamodule.data.images.split(batch_size)
+        images, total = datamodule.data.images, len(datamodule.data.images)
+        chunks = (images[torch.arange(start, min(total, start + batch_size))] for start in range(0, total, batch_size))
         with plugin.forward_context():
-            features = [net(plugin.convert_input(chunk.to(device))).cpu() for chunk in chunks]
+            # the evaluation view: float in [0, 1], center-cropped as the uncached path's batches are
+            features = [net(plugin.convert_input(datamodule.eval_view(chunk.to(device)))).cpu() for chunk in chunks]
         features = torch.cat([f.float() if f.dtype in (torch.float16, torch.bfloat16) else f for f in features])
     finally:
         backbone.to(home)
     cached = copy.copy(datamodule)
     cached.data = replace(datamodule.data, images=features)
+    cached.features_cached = True
     return cached

@@ -8,9 +8,10 @@ Two layouts under `dataset.root`:
     root/val/<class>/*.jpg                   test/ the test set; a split without a folder is drawn from
     root/test/<class>/*.jpg   (optional)     train/ by its fraction
 
-Every image is decoded once with PIL (any size; modes L, RGB, RGBA, P, ...; EXIF rotation applied), converted to
-`dataset.channels` (1 or 3) and resized to a `dataset.image_size` square, so the whole set sits in memory as one
-tensor. 16-bit and float images (PIL modes I;16, I, F: microscopy, medical, satellite data) keep their depth; how
+Every image is decoded with PIL (any size; modes L, RGB, RGBA, P, ...; EXIF rotation applied), converted to
+`dataset.channels` (1 or 3) and resized to a square (`dataset.image_size`, larger for the imagenet recipe); where
+the decoded images are kept (memory, a disk cache, or decoded per batch) is trainwise.data.storage's choice.
+16-bit and float images (PIL modes I;16, I, F: microscopy, medical, satellite data) keep their depth; how
 they map to [0, 1] is in `_high_depth`. Files without an image extension (any case: .jpg, .JPG, .png, ...) are
 skipped, as are hidden entries.
 """
@@ -18,7 +19,7 @@ skipped, as are hidden entries.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -135,10 +136,18 @@ def _high_depth(img) -> np.ndarray | None:
     return (values - low) / (high - low) if high > low else np.clip(values, 0.0, 1.0)
 
 
-def decode_image(path: Path, channels: int, size: int) -> np.ndarray:
-    """One image as (size, size, channels): uint8 (0-255), or float32 in [0, 1] for 16-bit and float images."""
+FITS = ("squash", "crop")  # how a non-square image becomes a square: stretched, or its center (aspect kept)
+
+
+def decode_image(
+    path: Path, channels: int, size: int, fit: str = "squash", interpolation: str = "bilinear"
+) -> np.ndarray:
+    """One image as (size, size, channels): uint8 (0-255), or float32 in [0, 1] for 16-bit and float images.
+    fit=squash resizes the whole image to the square; fit=crop resizes its shorter side to `size` and keeps the
+    center square (torchvision's Resize(size) then CenterCrop(size))."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    resample = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
     try:
         with Image.open(path) as img:
             img.draft("L" if channels == 1 else "RGB", (size, size))  # JPEG: decode at a reduced scale, fast
@@ -150,33 +159,64 @@ def decode_image(path: Path, channels: int, size: int) -> np.ndarray:
                 if img.mode == "P" and "transparency" in img.info:
                     img = img.convert("RGBA")  # what PIL asks for before dropping a palette's transparency
                 img = img.convert("L" if channels == 1 else "RGB")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BILINEAR)  # PIL antialiases when shrinking
+            img = _to_square(img, size, fit, resample)  # PIL antialiases when shrinking
             if deep is not None:
                 grey = np.asarray(img, dtype=np.float32).clip(0.0, 1.0)[:, :, None]
                 return np.repeat(grey, channels, axis=2)
             return np.asarray(img, dtype=np.uint8).reshape(size, size, channels)
-    except (UnidentifiedImageError, OSError) as error:
+    except (UnidentifiedImageError, OSError, ValueError) as error:
         raise UserError(f"dataset.root: cannot read image {path} ({error}); fix or remove the file") from error
+
+
+def _to_square(img, size: int, fit: str, resample):
+    width, height = img.size
+    if (width, height) == (size, size):
+        return img
+    if fit == "squash" or width == height:
+        return img.resize((size, size), resample)
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+    return img.resize((new_w, new_h), resample).crop((left, top, left + size, top + size))
+
+
+def is_deep(path: Path) -> bool:
+    """Whether an image file holds 16-bit or float pixels (its header only)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.mode.startswith("I") or img.mode == "F"
+    except OSError:
+        return False  # an unreadable file: reported, with its name, when it is decoded
+
+
+@dataclass
+class ImageFiles:
+    """A folder's images before decoding, in the order of the labels. build_datamodule decodes them at the size
+    and channels the run needs, into memory, a disk cache, or batch by batch (trainwise.data.storage)."""
+
+    paths: list[Path]
+    root: Path
+    channels: int  # dataset.channels
+    size: int  # dataset.image_size
+    deep: bool  # 16-bit or float images: kept as float32 instead of uint8
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.paths), self.channels, self.size, self.size)
 
 
 @register_dataset("imagefolder")
 def load_imagefolder(cfg) -> ImageTensors:
+    """The folder's file list and labels; the images are decoded later, at the size the run needs."""
     root = _check_root(cfg.get("root"))
     channels, size = int(cfg.get("channels", 3)), int(cfg.image_size)
     if channels not in (1, 3):
         raise UserError(f"dataset.channels={channels} must be 1 (grayscale) or 3 (RGB)")
     paths, labels, split_of, class_names = list_images(root)
-    # PIL releases the GIL while it decodes and resizes, so threads use every core.
-    images = torch.empty((len(paths), channels, size, size), dtype=torch.float32)
-
-    def decode_into(i: int) -> None:
-        decoded = torch.from_numpy(decode_image(paths[i], channels, size)).permute(2, 0, 1)
-        images[i] = decoded / 255.0 if decoded.dtype == torch.uint8 else decoded
-
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        list(pool.map(decode_into, range(len(paths))))
+    files = ImageFiles(paths, root, channels, size, deep=is_deep(paths[0]))
     split = np.array(split_of)
     test_mask = torch.from_numpy(split == "test") if "test" in split_of else None
     val_mask = torch.from_numpy(split == "val") if "val" in split_of else None
-    return ImageTensors(images, torch.tensor(labels, dtype=torch.long), class_names, test_mask, val_mask)
+    return ImageTensors(files, torch.tensor(labels, dtype=torch.long), class_names, test_mask, val_mask)

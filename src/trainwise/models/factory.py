@@ -43,12 +43,14 @@ def _timm_kwargs(name: str) -> set[str]:
     return {"img_size"} if name.startswith(("vit_", "deit_", "test_vit")) else set()
 
 
-def build_model(model_cfg, num_classes: int, in_chans: int, image_size: int) -> Net:
+def build_model(model_cfg, num_classes: int, in_chans: int, image_size: int, preprocess=None) -> Net:
     """A `Net` for `model_cfg` (`name`, optional `head_hidden`) on in_chans x image_size x image_size images with
-    a new head for `num_classes`, randomly initialised (weights are loaded afterwards). Raises UserError for an
-    unknown model name."""
+    a new head for `num_classes`, randomly initialised (weights are loaded afterwards), normalizing its input as
+    `preprocess` (a models.preprocess.Preprocess) says. Raises UserError for an unknown model name."""
     backbone = build_backbone(model_cfg.name, in_chans, image_size)
-    return Net(backbone, num_classes, model_cfg.get("head_hidden"), input_shape=(in_chans, image_size))
+    mean, std = (preprocess.mean, preprocess.std) if preprocess is not None else (None, None)
+    head_hidden = model_cfg.get("head_hidden")
+    return Net(backbone, num_classes, head_hidden, input_shape=(in_chans, image_size), mean=mean, std=std)
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

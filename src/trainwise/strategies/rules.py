@@ -88,9 +88,9 @@ def caches_features(cfg: DictConfig) -> bool:
     strategy.cache_features=false or the training data is augmented (each step's inputs, so their features,
     differ: a cache would train on unaugmented images)."""
     head_only = cfg.strategy.get("freeze") == "backbone" and cfg.strategy.get("unfreeze_at_epoch") is None
-    from trainwise.config import augment_pad
+    from trainwise.config import augment_name
 
-    augmented = augment_pad(training_data(cfg)) is not None
+    augmented = augment_name(training_data(cfg)) != "none"
     return head_only and not augmented and str(cfg.strategy.get("cache_features", "auto")) != "False"
 
 

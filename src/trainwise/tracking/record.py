@@ -81,13 +81,15 @@ def log_config(tracked, cfg: DictConfig, ctx: JobContext) -> None:
 
 
 def log_data(tracked, data_cfg: DictConfig, datamodule, steps_per_epoch: int) -> None:
-    """The data's sizes as params, the data as an MLflow dataset input (name, source, content digest, sizes), and
-    the classes with their per-split counts (`data/classes.json`)."""
+    """The data's sizes as params, the model's input preprocessing (preprocess.*), where the images are kept (tag
+    trainwise.data_storage), the data as an MLflow dataset input (name, source, content digest, sizes), and the
+    classes with their per-split counts (`data/classes.json`)."""
     sizes = {f"data.{k}_size": v for k, v in datamodule.sizes().items()}
     # Every labelled image the run used: trained on, or selected its checkpoint on.
     sizes["data.labelled_size"] = sizes["data.train_size"] + sizes["data.val_size"]
     facts = {"data.num_classes": datamodule.num_classes, "data.steps_per_epoch": steps_per_epoch}
-    tracked.log_params(sizes | facts)
+    tracked.log_params(sizes | facts | datamodule.preprocess.params())
+    tracked.set_tags({"trainwise.data_storage": datamodule.storage})
     selection = "best val/acc" if datamodule.has_validation else "last epoch (no validation split: budget too small)"
     tracked.set_tags({"trainwise.selection": selection})
     source = {k: data_cfg.get(k) for k in ("name", "root", "generator_seed", "num_per_class") if data_cfg.get(k)}
