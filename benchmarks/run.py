@@ -29,6 +29,7 @@ from pathlib import Path
 from figures.cached_features import cached_features
 from figures.commands import cli_seconds, demo_seconds, glyphs_cached
 from figures.device_resident import GLYPHS_PER_CLASS_CPU, device_resident
+from figures.folders import folder_figures
 from figures.framework import framework_overhead
 from figures.gpu import gpu_figures
 from figures.tracking import tracking_overhead
@@ -39,6 +40,8 @@ GOALS: dict[str, tuple[str, float]] = {
     "tracking_overhead_ratio": ("<=", 1.03),
     "cached_features_speedup": (">=", 10.0),
     "device_resident_speedup": (">=", 1.3),
+    "folder_stream_images_per_second": (">=", 1.0),  # a ratio: trainwise / torchvision ImageFolder + DataLoader
+    "folder_cache_speedup": (">=", 3.0),
     "cli_help_seconds": ("<=", 1.0),
     "cfg_job_seconds": ("<=", 1.0),
     "demo_seconds": ("<=", 120.0),
@@ -137,6 +140,20 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(
             f"device_resident_speedup: crop/flip (pad {dr['augment_pad']}), glyphs subset, "
             f"num_per_class={GLYPHS_PER_CLASS_CPU} ({dr['train_images']} training images), not the full 62,000"
+        )
+
+        fo = step("folders", lambda: folder_figures(tmp, reps, args.quick))
+        results["folder_stream_images_per_second"] = fo.pop("stream_ratio")
+        results["folder_cache_speedup"] = fo.pop("cache_speedup")
+        results.update({f"folder_{k}": v for k, v in fo.items()})
+        notes.append(
+            f"folders: {fo['images']:.0f} JPEGs 298x224 -> imagenet recipe at 224 px; images/s from the disk cache "
+            f"{fo['cached_images_per_second']:.0f} (built once in {fo['cache_build_seconds']:.1f} s), torchvision's "
+            f"ImageFolder + DataLoader {fo['torchvision_images_per_second']:.0f}, trainwise decoding per batch "
+            f"{fo['decoded_images_per_second']:.0f} ({fo['decoded_over_torchvision_ratio']:.2f} x torchvision; on "
+            f"1600x1200 photos {fo['photo_decoded_over_torchvision_ratio']:.2f} x; their cache "
+            f"{fo['photo_cache_speedup']:.1f} x decoding, "
+            f"{fo['photo_cached_over_torchvision_ratio']:.1f} x torchvision)"
         )
 
         if not args.skip_demo:

@@ -56,8 +56,15 @@ def test_random_resized_crop_draws_boxes_as_torchvision_and_resizes_each_image()
     again = random_resized_crop_flip(images, 8, torch.Generator().manual_seed(0))
     other = random_resized_crop_flip(images, 8, torch.Generator().manual_seed(1))
     assert first.shape == (2, 1, 8, 8) and torch.equal(first, again) and not torch.equal(first, other)
-    # scale=(1, 1), ratio=(1, 1): the box is the whole image, so the crop is a plain resize (or its mirror)
+    # scale=(1, 1), ratio=(1, 1): the box is the whole image, so the crop is torchvision's resize (or its mirror)
+    from torchvision.transforms.v2 import functional as TF
+
     whole = random_resized_crop_flip(images, 10, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
-    resized = torch.nn.functional.avg_pool2d(images, 2)  # 20 -> 10: each output pixel the mean of a 2x2 block
-    assert all(torch.allclose(w, r) or torch.allclose(w, r.flip(-1)) for w, r in zip(whole, resized, strict=True))
+    resized = TF.resize(images, [10, 10], antialias=True)
+    flipped = [torch.equal(w, r.flip(-1)) for w, r in zip(whole, resized, strict=True)]
+    assert all(torch.equal(w, r) or f for w, r, f in zip(whole, resized, flipped, strict=True))
+    # over many draws: about half flipped, and boxes of many sizes (not one crop for the whole batch)
+    many = torch.rand(400, 1, 20, 20)
+    crops = random_resized_crop_flip(many, 8, torch.Generator().manual_seed(2))
+    assert len({tuple(c.flatten()[:3].tolist()) for c in crops}) == 400
     assert torch.equal(center_crop(images, 8), images[..., 6:14, 6:14])

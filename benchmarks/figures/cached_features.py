@@ -27,7 +27,7 @@ def cached_features(
         frozen = freeze(net, "backbone")
         if cached:
             started = time.perf_counter()
-            datamodule = cache_features(datamodule, net.backbone)
+            datamodule = cache_features(datamodule, net.encoder)
             caching.append(time.perf_counter() - started)
         module = build_module(cfg, net, datamodule, frozen, features_cached=cached)
         job = tmp / f"cache{next(counter)}"

@@ -10,13 +10,16 @@
   (area 8-100 % of the image, aspect ratio 3/4-4/3, as torchvision's `RandomResizedCrop`) resized to `image_size`,
   flipped with probability 0.5; evaluation images are the center `image_size` crop of the image resized (aspect
   ratio kept) to `image_size / crop_pct` (the model's crop percentage, see models/preprocess.py). Images are
-  stored at that larger size, so the crop reads real pixels (see build_datamodule).
+  stored at that larger size, so the crop reads real pixels (see build_datamodule). The crop runs before the
+  images become float (on CPU, torchvision's uint8 resize kernel is the fast one).
 
 Written by hand: torchvision's v2 transforms draw one set of parameters per call, so a batch passed to them shares
 a single crop and a single flip; a DataLoader calling them per sample is the per-sample Python work this avoids.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -61,14 +64,14 @@ def random_resized_crop_flip(
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> torch.Tensor:
-    """torchvision's RandomResizedCrop(size) + RandomHorizontalFlip() with a draw per image, for a float batch:
-    the boxes are drawn as `RandomResizedCrop.get_params` draws them (10 tries per image, else the whole image),
-    then one `roi_align` crops and resizes all of them (averaging ceil(box/size) samples per output pixel, so a
-    large box is antialiased as a resize would be)."""
-    from torchvision.ops import roi_align
+    """torchvision's RandomResizedCrop(size) + RandomHorizontalFlip() with a draw per image, for a batch (uint8 or
+    float): the boxes are drawn as `RandomResizedCrop.get_params` draws them (10 tries per image, else the whole
+    image), all at once; each box is then cropped and resized (bilinear, antialiased) by torchvision's own
+    `resized_crop`, which on CPU has a fast uint8 kernel (about 9x roi_align's speed on float, measured)."""
+    from torchvision.transforms.v2 import functional as TF
 
     n, _channels, height, width = images.shape
-    device = images.device
+    device = generator.device if generator is not None else images.device
     tries = 10
     area = height * width * torch.empty(n, tries, device=device).uniform_(*scale, generator=generator)
     log_ratio = torch.empty(n, tries, device=device).uniform_(
@@ -85,9 +88,14 @@ def random_resized_crop_flip(
     top = (torch.rand(n, generator=generator, device=device) * (height - h + 1)).floor()
     left = (torch.rand(n, generator=generator, device=device) * (width - w + 1)).floor()
     flip = torch.rand(n, generator=generator, device=device) < 0.5
-    boxes = torch.stack([torch.arange(n, device=device, dtype=images.dtype), left, top, left + w, top + h], 1)
-    crops = roi_align(images, boxes.to(images.dtype), output_size=(size, size), aligned=True)
-    return torch.where(flip[:, None, None, None], crops.flip(-1), crops)
+    boxes = torch.stack([top, left, h, w], 1).long().tolist()  # (one host sync per batch)
+    if images.is_cuda and images.dtype == torch.uint8:
+        images = images.float().div_(255.0)  # CUDA's antialiased resize takes floats
+    crops = torch.stack([
+        TF.resized_crop(image, box_top, box_left, box_h, box_w, [size, size], antialias=True)
+        for image, (box_top, box_left, box_h, box_w) in zip(images, boxes, strict=True)
+    ])  # fmt: skip
+    return torch.where(flip.to(crops.device)[:, None, None, None], crops.flip(-1), crops)
 
 
 def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -106,6 +114,25 @@ def batch_generator(device: torch.device, seed: int, epoch: int, batch: int, ran
     words = [seed % 2**64, epoch, batch, rank]  # SeedSequence takes no negative numbers
     state = np.random.SeedSequence(words).generate_state(1, np.uint64)[0]
     return torch.Generator(device=device).manual_seed(int(state) & (2**63 - 1))
+
+
+@dataclass(frozen=True)
+class BatchAugment:
+    """dataset.augment for one run: `(images, epoch, batch, rank)` -> the augmented batch, as stored (uint8 or
+    float), drawn from those four numbers and the seed. Small and picklable: DataLoader workers receive it."""
+
+    name: str  # none | crop_flip | imagenet
+    image_size: int
+    seed: int
+    pad: int | None = None  # crop_flip's padding
+
+    def __call__(self, images: torch.Tensor, epoch: int, batch: int, rank: int = 0) -> torch.Tensor:
+        if self.name == "none":
+            return center_crop(images, self.image_size)
+        generator = batch_generator(images.device, self.seed, epoch, batch, rank)
+        if self.name == "imagenet":
+            return random_resized_crop_flip(images, self.image_size, generator)
+        return crop_flip(images, self.pad, generator)
 
 
 def per_sample_transform(size: int, pad: int):

@@ -37,6 +37,7 @@ class EpochBatches:
         rank: int = 0,
         world_size: int = 1,
         split: str = "train",
+        numbered: bool = False,
     ):
         if 0 < size < world_size:
             # A rank without a sample would train nothing (or evaluate an empty batch) while the others wait for it.
@@ -47,6 +48,7 @@ class EpochBatches:
             )
         self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
         self.rank, self.world_size = rank, world_size
+        self.numbered = numbered  # yield (epoch, batch number, indices): a worker then knows which draws are its
         self.passes = max(1, -(-min_batches // self._batches_per_pass())) if shuffle else 1
         self.epoch = 0
 
@@ -71,6 +73,9 @@ class EpochBatches:
             return
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         kept = self.size - self.size % self.world_size
+        number = 0
         for _ in range(self.passes):
             order = torch.randperm(self.size, generator=generator)[:kept]
-            yield from order[self.rank :: self.world_size].split(self.batch_size)
+            for indices in order[self.rank :: self.world_size].split(self.batch_size):
+                yield (self.epoch, number, indices) if self.numbered else indices
+                number += 1

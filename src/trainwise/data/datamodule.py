@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import pytorch_lightning as pl
@@ -21,7 +22,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset
 
 from trainwise.config import augment_name, augment_pad
-from trainwise.data.augment import batch_generator, center_crop, crop_flip, random_resized_crop_flip
+from trainwise.data.augment import BatchAugment, center_crop
 from trainwise.data.batches import EpochBatches
 from trainwise.errors import UserError
 
@@ -103,17 +104,23 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 class IndexedImages(Dataset):
     """One split: `dataset[batch_positions]` is the batch (images, labels) of those positions of the split, read
-    from the whole set's images with one indexing (no per-sample collation, no copy of the split)."""
+    from the whole set's images with one indexing (no per-sample collation, no copy of the split). With `augment`
+    (a training split read by DataLoader workers), the key is (epoch, batch number, positions) and the worker
+    augments the batch it read: the draws are the batch's own, so where the work runs changes no pixel."""
 
-    def __init__(self, images, labels: torch.Tensor, indices: torch.Tensor):
-        self.images, self.labels, self.indices = images, labels, indices
+    def __init__(self, images, labels: torch.Tensor, indices: torch.Tensor, augment=None):
+        self.images, self.labels, self.indices, self.augment = images, labels, indices, augment
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, positions: torch.Tensor):
+    def __getitem__(self, key):
+        if self.augment is None:
+            rows = self.indices[key]
+            return self.images[rows], self.labels[rows]
+        epoch, number, positions = key
         rows = self.indices[positions]
-        return self.images[rows], self.labels[rows]
+        return self.augment(self.images[rows], epoch, number), self.labels[rows]
 
 
 def _split(
@@ -214,8 +221,10 @@ class TensorDataModule(pl.LightningDataModule):
         self.augment_pad = augment_pad(cfg)  # crop_flip's padding, else None
         # The size the model sees; the stored images may be larger (the imagenet recipe crops them).
         self.image_size = int(image_size or data.images.shape[-1])
+        self.augmenter = BatchAugment(self.augment, self.image_size, seed, self.augment_pad)
         self.channels = int(data.images.shape[1])
         self.features_cached = False  # set by cache_features: batches are features, used as they are
+        self.augmented_in_workers = False  # set by train_dataloader (see _loader)
         self.device_resident = str(cfg.get("device_resident", "auto")).lower()
         if self.device_resident not in ("auto", "true", "false"):
             raise UserError(f"dataset.device_resident={self.device_resident!r} must be auto, true or false")
@@ -314,14 +323,9 @@ class TensorDataModule(pl.LightningDataModule):
         return int(share * (self.data.images.nbytes + self.data.labels.nbytes))
 
     def augment_batch(self, images: torch.Tensor, epoch: int, batch: int, rank: int = 0) -> torch.Tensor:
-        """dataset.augment applied to one float training batch, on its device, drawn from (seed, epoch, batch,
-        rank)."""
-        if self.augment == "none":
-            return center_crop(images, self.image_size)
-        generator = batch_generator(images.device, self.seed, epoch, batch, rank)
-        if self.augment == "imagenet":
-            return random_resized_crop_flip(images, self.image_size, generator)
-        return crop_flip(images, self.augment_pad, generator)
+        """dataset.augment applied to one training batch (as stored: uint8 or float), on its device, drawn from
+        (seed, epoch, batch, rank); float in [0, 1] out."""
+        return to_float(self.augmenter(images, epoch, batch, rank))
 
     def eval_view(self, images: torch.Tensor) -> torch.Tensor:
         """A batch as the model sees it outside training: float in [0, 1], center-cropped to image_size."""
@@ -338,7 +342,12 @@ class TensorDataModule(pl.LightningDataModule):
         if trainer is None or not trainer.training:
             return self.eval_view(images), labels
         batch_idx = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        return self.augment_batch(to_float(images), trainer.current_epoch, batch_idx, trainer.global_rank), labels
+        return self.train_view(images, trainer.current_epoch, batch_idx, trainer.global_rank), labels
+
+    def train_view(self, images: torch.Tensor, epoch: int, batch: int, rank: int = 0) -> torch.Tensor:
+        """A batch from the training loader as the model trains on it: augmented here unless the loader's workers
+        did it already."""
+        return to_float(images) if self.augmented_in_workers else self.augment_batch(images, epoch, batch, rank)
 
     def _loader(self, indices: np.ndarray, shuffle: bool, split: str) -> DataLoader:
         idx = torch.from_numpy(indices)
@@ -350,12 +359,20 @@ class TensorDataModule(pl.LightningDataModule):
             images, labels = images[idx].to(self.resident_device), labels[idx].to(self.resident_device)
             idx = torch.arange(len(idx), device=self.resident_device)
             num_workers = 0
-        dataset = IndexedImages(images, labels, idx)
         # Index the images with a whole batch of indices at once: no per-sample collation. Under DDP each rank
         # gets its own share (the Trainer runs with use_distributed_sampler=False).
         min_batches = self.min_train_batches if shuffle else 1
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        batches = EpochBatches(len(dataset), self.batch_size, self.seed, shuffle, min_batches, rank, world_size, split)
+        # Training batches read by worker processes (images streaming from disk) on a CPU are augmented there, in
+        # parallel; on a GPU, or read in this process, after they reach the device (on_after_batch_transfer).
+        in_workers = split == "train" and num_workers > 0 and not self._on_gpu()
+        if split == "train":
+            self.augmented_in_workers = in_workers
+        augment = partial(self.augmenter, rank=rank) if in_workers else None
+        dataset = IndexedImages(images, labels, idx, augment)
+        batches = EpochBatches(
+            len(dataset), self.batch_size, self.seed, shuffle, min_batches, rank, world_size, split, in_workers
+        )
         pin = self.resident_device is None and torch.cuda.is_available() and self._on_gpu()
         return DataLoader(
             dataset, sampler=batches, batch_size=None, num_workers=num_workers, pin_memory=pin,

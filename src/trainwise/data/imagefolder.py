@@ -174,10 +174,11 @@ def _to_square(img, size: int, fit: str, resample):
         return img
     if fit == "squash" or width == height:
         return img.resize((size, size), resample)
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
-    return img.resize((new_w, new_h), resample).crop((left, top, left + size, top + size))
+    # The center square of the image, resized in one step (PIL's `box`): the pixels Resize + CenterCrop keep,
+    # without resizing the parts the crop throws away.
+    side = min(width, height)
+    left, top = (width - side) / 2.0, (height - side) / 2.0
+    return img.resize((size, size), resample, box=(left, top, left + side, top + side))
 
 
 def is_deep(path: Path) -> bool:

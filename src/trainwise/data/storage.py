@@ -53,7 +53,8 @@ class Decode:
     def __call__(self, path: Path) -> np.ndarray:
         """(C, size, size) in self.dtype; uint8 images in a float32 set are scaled to [0, 1], deep images in a
         uint8 set rounded to 0-255."""
-        pixels = decode_image(path, self.channels, self.size, self.fit, self.interpolation).transpose(2, 0, 1)
+        pixels = decode_image(path, self.channels, self.size, self.fit, self.interpolation)
+        pixels = np.ascontiguousarray(pixels.transpose(2, 0, 1))  # (so np.stack of them is C-contiguous too)
         if self.dtype == "uint8" and pixels.dtype != np.uint8:
             return np.rint(pixels * 255.0).astype(np.uint8)
         if self.dtype == "float32" and pixels.dtype == np.uint8:
@@ -225,7 +226,7 @@ def build_cache(files: ImageFiles, decode: Decode, key: str, data_cfg) -> Path |
             with open(partial, "wb") as f:  # written a chunk at a time: never the whole set in memory
                 np.lib.format.write_array_header_1_0(f, header)
                 for _start, chunk in decode_chunks(files.paths, decode):
-                    f.write(chunk.tobytes())
+                    f.write(memoryview(chunk))  # (np.stack's result is C-contiguous: no copy)
             if cache_key(files, decode) != key:
                 raise UserError(
                     f"dataset.root={files.root} changed while its images were being decoded; run again once it is "
@@ -237,9 +238,11 @@ def build_cache(files: ImageFiles, decode: Decode, key: str, data_cfg) -> Path |
     return path
 
 
-def decode_chunks(paths: list[Path], decode: Decode, chunk: int = 512):
-    """(start, array of up to `chunk` decoded images) in order. PIL releases the GIL while it decodes and resizes,
-    so threads use every core."""
+def decode_chunks(paths: list[Path], decode: Decode, chunk_bytes: int = 16 * 2**20):
+    """(start, array of decoded images) in order, about `chunk_bytes` at a time. PIL releases the GIL while it
+    decodes and resizes, so threads use every core."""
+    image_bytes = decode.channels * decode.size**2 * np.dtype(decode.dtype).itemsize
+    chunk = max(1, min(512, chunk_bytes // image_bytes))
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for start in range(0, len(paths), chunk):
             yield start, np.stack(list(pool.map(decode, paths[start : start + chunk])))
