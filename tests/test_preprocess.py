@@ -68,3 +68,30 @@ def test_random_resized_crop_draws_boxes_as_torchvision_and_resizes_each_image()
     crops = random_resized_crop_flip(many, 8, torch.Generator().manual_seed(2))
     assert len({tuple(c.flatten()[:3].tolist()) for c in crops}) == 400
     assert torch.equal(center_crop(images, 8), images[..., 6:14, 6:14])
+
+
+def test_a_timm_run_feeds_its_backbone_normalized_batches_and_logs_the_preprocessing(tmp_path, store_uri):
+    """Through the recipe: what the backbone receives is the training batch normalized by resnet18's config."""
+    import pytorch_lightning as pl
+
+    from trainwise.jobs import JobContext, run
+
+    class Spy(pl.Callback):
+        batch = backbone_input = None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if self.batch is None:
+                self.batch = batch[0].clone()
+                hook = pl_module.net.backbone.register_forward_pre_hook(
+                    lambda module, args: setattr(self, "backbone_input", args[0].detach().clone()) or hook.remove()
+                )
+
+    spy = Spy()
+    cfg = compose_config("profile=smoke", f"tracking.uri={store_uri}", "model=resnet18", "dataset.image_size=16")
+    result = run(cfg, JobContext(job_dir=tmp_path / "job", callbacks=[spy]))
+    mean = torch.tensor(sum(IMAGENET_MEAN) / 3).view(1, 1, 1, 1)  # the digits are grayscale
+    std = torch.tensor(sum(IMAGENET_STD) / 3).view(1, 1, 1, 1)
+    assert 0 <= spy.batch.min() and spy.batch.max() <= 1
+    assert torch.allclose(spy.backbone_input, (spy.batch - mean) / std, atol=1e-6)
+    params = mlflow_client(store_uri).get_run(result.run_id).data.params
+    assert params["preprocess.source"] == "timm:resnet18.a1_in1k" and params["preprocess.interpolation"] == "bicubic"

@@ -189,3 +189,16 @@ def test_a_folder_beyond_the_budget_trains_in_far_less_memory_than_its_float32_s
     # latter the allocator's high-water mark from batches decoded and freed one after another).
     assert growth["disk_cache"] < 0.25 * float32_bytes and growth["decode"] < 0.25 * float32_bytes
     assert growth["memory"] < 0.4 * float32_bytes  # uint8 in memory: a quarter, plus a batch
+
+
+def test_a_set_resized_beyond_the_budget_is_resized_per_batch_with_the_same_pixels():
+    """A foundation's larger input forced on a set in memory: resized a batch at a time when the resized set would
+    not fit the budget, giving the batches the in-memory resize gives."""
+    cfg = compose_config("dataset=digits", "dataset.num_workers=0")
+    whole = build_datamodule(cfg.dataset, seed=0, input_shape=(3, 32))
+    cfg.dataset.memory_budget_mb = 0
+    lazy = build_datamodule(cfg.dataset, seed=0, input_shape=(3, 32))
+    assert (whole.storage, lazy.storage) == ("memory", "resized_per_batch") and lazy.input_shape == (3, 32)
+    for split in ("train", "test"):
+        reference, batches = _all_batches(whole, split), _all_batches(lazy, split)
+        assert all(torch.equal(a, b) for a, b in zip(reference, batches, strict=True))
