@@ -33,7 +33,8 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 def identity(cfg: DictConfig) -> dict:
     """The config keys that define what a run computes (not where it is tracked or how it was launched)."""
-    launch_only = ("tracking", "resume", "force_resume", "sweep", "trust", "report")
+    # hparams_search: the search space and the trial's id (the trial's own values are in the keys it set)
+    launch_only = ("tracking", "resume", "force_resume", "sweep", "trust", "report", "hparams_search")
     return {k: v for k, v in to_container(cfg).items() if k not in launch_only}
 
 

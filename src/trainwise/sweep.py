@@ -35,6 +35,7 @@ class SweepCallback(Callback):
     def _start(self, config: DictConfig) -> None:
         from omegaconf.errors import InterpolationResolutionError
 
+        from trainwise import hparams_search
         from trainwise.errors import UserError
         from trainwise.provenance import code_and_versions
         from trainwise.tracking import open_store
@@ -53,6 +54,12 @@ class SweepCallback(Callback):
         overrides = [mask_text(str(o)) for o in OmegaConf.to_container(config.hydra.overrides.task, resolve=False)]
         params = config.hydra.sweeper.get("params")
         sweeper_params = OmegaConf.to_container(params, resolve=False) if params is not None else {}
+        optuna_tags = {}
+        if hparams_search.is_optuna(config):  # checked before the parent run exists: a bad value is one line
+            search = hparams_search.from_config(config)
+            search.storage()
+            sweeper_params = OmegaConf.to_container(config.hparams_search, resolve=True)
+            optuna_tags = {"trainwise.optuna_storage": search.storage_url, "trainwise.optuna_study": search.study_name}
         name = config.tracking.experiment
         run = store.client.create_run(
             experiment_id,
@@ -61,6 +68,7 @@ class SweepCallback(Callback):
                 "trainwise.role": "sweep",
                 "trainwise.sweep_dir": str(config.hydra.sweep.dir),
                 "trainwise.sweeper": str(config.hydra.sweeper.get("_target_", "")),  # the report lists Optuna trials
+                **optuna_tags,
                 **code_and_versions(),
             },
         )

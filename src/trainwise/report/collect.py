@@ -89,6 +89,7 @@ def collect_runs(
         runs = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{sweep_run_id}'", max_results=5000)
         reused = [k.split(".", 2)[2] for k in parent.data.tags if k.startswith("trainwise.reused.")]
         runs += [client.get_run(run_id) for run_id in reused if run_id not in {r.info.run_id for r in runs}]
+        runs += _earlier_trials(client, parent, experiment_id, {r.info.run_id for r in runs})
     else:
         found = client.get_experiment_by_name(experiment or "")
         if found is None:
@@ -104,6 +105,16 @@ def collect_runs(
     _attach_foundation_costs(client, records)
     records.sort(key=lambda r: r.start_ms)
     return records, experiment_id
+
+
+def _earlier_trials(client, parent, experiment_id: str, have: set[str]) -> list:
+    """An Optuna sweep that continued a study: the trials earlier commands ran for it (other parents), so that the
+    report covers the whole study."""
+    study, storage = parent.data.tags.get("trainwise.optuna_study"), parent.data.tags.get("trainwise.optuna_storage")
+    if not study:
+        return []
+    found = client.search_runs([experiment_id], f"tags.`trainwise.optuna_study` = '{study}'", max_results=5000)
+    return [r for r in found if r.info.run_id not in have and r.data.tags.get("trainwise.optuna_storage") == storage]
 
 
 def _one_of_each(records: list[RunRecord]) -> list[RunRecord]:

@@ -27,7 +27,38 @@ def draw_all(rows: list[Row], records: list[RunRecord], out_dir: Path) -> list[P
     fractions = {r.key[3] for r in rows if r.key[3] is not None}
     if len(fractions) > 1:
         paths.append(_data_efficiency(rows, out_dir))
+    trials = [r for r in records if r.tags.get("trainwise.optuna_trial", "").isdigit()]
+    if trials:
+        paths.append(_optimization_history(trials, out_dir))
     return paths
+
+
+def _optimization_history(trials: list[RunRecord], out_dir: Path) -> Path:
+    """An Optuna search: each trial's best validation accuracy by trial number (pruned trials hollow), and the best
+    so far (what optuna.visualization.plot_optimization_history draws, without plotly)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    points = sorted(
+        (int(r.tags["trainwise.optuna_trial"]), r.metrics["val/acc_best"], r.tags.get("trainwise.trial_state"))
+        for r in trials
+        if "val/acc_best" in r.metrics
+    )
+    complete = [(n, v) for n, v, state in points if state != "PRUNED"]
+    pruned = [(n, v) for n, v, state in points if state == "PRUNED"]
+    if complete:
+        ax.scatter(*zip(*complete, strict=True), color="C0", label="trial (val/acc_best)")
+        best, so_far = float("-inf"), []
+        for number, value in complete:
+            best = max(best, value)
+            so_far.append((number, best))
+        ax.step(*zip(*so_far, strict=True), where="post", color="C3", label="best so far")
+    if pruned:
+        ax.scatter(
+            *zip(*pruned, strict=True), facecolors="none", edgecolors="C7", label="pruned (best before it stopped)"
+        )
+    ax.set(xlabel="trial", ylabel="validation accuracy (best epoch)", title="Optuna search: optimization history")
+    ax.legend(fontsize=8)
+    return _save(fig, out_dir / "optuna_history.png")
 
 
 def _val_acc_curves(rows: list[Row], out_dir: Path) -> Path:

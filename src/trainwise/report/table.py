@@ -82,6 +82,8 @@ _NOT_A_SETTING = (
     "trust",
     "sweep.",
     "report.",
+    "hparams_search.",
+    "preprocess.",
 )
 
 
@@ -115,8 +117,14 @@ def best_settings(rows: list[Row]) -> list[Row]:
     kept = []
     for group in groups.values():
         ranked = [r for r in group if r.mean("val/acc_best") is not None]
-        kept += [max(ranked, key=lambda r: r.mean("val/acc_best"))] if ranked else group
+        # ties go to the earlier job (as Optuna's best trial does)
+        kept += [max(ranked, key=lambda r: (r.mean("val/acc_best"), -_first_job(r)))] if ranked else group
     return kept
+
+
+def _first_job(row: Row) -> int:
+    numbers = [int(r.tags["trainwise.job_num"]) for r in row.runs if r.tags.get("trainwise.job_num", "").isdigit()]
+    return min(numbers, default=0)
 
 
 def _describe(rows: list[Row]) -> None:
@@ -130,7 +138,16 @@ def _describe(rows: list[Row]) -> None:
         if len(set(short.values())) < len(short):  # e.g. optimizer.lr and foundation.optimizer.lr
             short = {k: k for k in varying}
         for row, p in zip(same, params, strict=True):
-            row.detail = " ".join(f"{short[k]}={p.get(k, '-')}" for k in varying)
+            row.detail = " ".join(f"{short[k]}={_short_value(p.get(k, '-'))}" for k in varying)
+
+
+def _short_value(value: str) -> str:
+    """A searched float as 4 significant digits (an Optuna draw is 0.0012520653814999472)."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return f"{number:.4g}" if "." in value or "e" in value.lower() else value
 
 
 def _setting_params(row: Row) -> dict[str, str]:
@@ -263,7 +280,14 @@ def comparison_lines(target: list[Row]) -> list[str]:
     return lines
 
 
-TRIAL_COLUMNS = ["trial", "strategy", "setting", "val acc (best)", "state", "chosen"]
+TRIAL_COLUMNS = ["trial", "strategy", "setting", "val acc (best)", "state", "fit s", "chosen"]
+
+
+def _state(run: RunRecord) -> str:
+    """finished, failed, killed; an Optuna trial its pruner stopped early: pruned."""
+    if run.tags.get("trainwise.trial_state") == "PRUNED":
+        return "pruned"
+    return run.status.lower()
 
 
 def trial_cells(rows: list[Row], records: list[RunRecord]) -> list[list[str]]:
@@ -281,10 +305,11 @@ def trial_cells(rows: list[Row], records: list[RunRecord]) -> list[list[str]]:
     for row in (r for group in searched for r in group):
         for run in row.runs:
             score = run.metrics.get("val/acc_best")
-            lines.append([run.tags.get("trainwise.job_num", "-"), row.label, row.detail or "-",
-                          "-" if score is None else f"{score:.4f}", run.status.lower(),
-                          "best" if id(row) in chosen else ""])  # fmt: skip
+            fit = run.metrics.get("cost/fit_seconds")
+            lines.append([run.tags.get("trainwise.job_num", "-"), " ".join(row.label.replace(row.detail, "").split()),
+                          row.detail or "-", "-" if score is None else f"{score:.4f}", _state(run),
+                          "-" if fit is None else f"{fit:.1f}", "best" if id(row) in chosen else ""])  # fmt: skip
     strategies = {group[0].key[0] for group in searched}
     for run in (r for r in records if r.failed and r.strategy in strategies):
-        lines.append([run.tags.get("trainwise.job_num", "-"), run.strategy, "-", "-", run.status.lower(), ""])
+        lines.append([run.tags.get("trainwise.job_num", "-"), run.strategy, "-", "-", _state(run), "-", ""])
     return sorted(lines, key=lambda cells: (int(cells[0]) if cells[0].isdigit() else 10**9, cells[1]))

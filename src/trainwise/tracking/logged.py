@@ -19,8 +19,11 @@ from trainwise.errors import UserError
 # optimizer classes of torch.optim (docs/configuration.md: `optimizer._target_` takes any). Exact names, not
 # namespaces: torch alone holds torch.hub.load and torch.utils.cpp_extension.load_inline.
 ALLOWED_TARGETS = frozenset(
-    {"torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD", "trainwise.sweep.SweepCallback"}
-)
+    {
+        "torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD", "trainwise.sweep.SweepCallback",
+        "hydra_plugins.trainwise_optuna.sweeper.TrainwiseOptunaSweeper",
+    }
+)  # fmt: skip
 
 
 def allowed_target(target) -> bool:
