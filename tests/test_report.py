@@ -391,7 +391,7 @@ def test_a_sweeps_description_in_mlflow_is_the_verdict(store_uri, tmp_path, monk
 def test_an_optuna_search_lists_its_trials_and_compares_the_best_trial(store_uri, tmp_path):
     client = mlflow_client(store_uri)
     experiment_id = client.create_experiment("optuna")
-    sweeper = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    sweeper = "hydra_plugins.trainwise_optuna.sweeper.TrainwiseOptunaSweeper"
     parent = client.create_run(experiment_id, tags={"trainwise.role": "sweep", "trainwise.sweeper": sweeper})
     parent = parent.info.run_id
     full = _job(client, experiment_id, parent, "full", 0, 0.8, 40.0)
@@ -405,7 +405,7 @@ def test_an_optuna_search_lists_its_trials_and_compares_the_best_trial(store_uri
     client.set_tag(failed, "trainwise.job_num", "4")
     report = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path)
     assert [cells[0] for cells in report.cells] == ["finetune lr=0.01"]  # the best trial, by validation
-    assert [(c[0], c[2], c[3], c[4], c[5]) for c in report.trials] == [
+    assert [(c[0], c[2], c[3], c[4], c[6]) for c in report.trials] == [
         ("0", "lr=0.001", "0.9000", "finished", ""),
         ("1", "lr=0.1", "0.5000", "finished", ""),
         ("2", "lr=0.01", "0.9500", "finished", "best"),
@@ -414,8 +414,7 @@ def test_an_optuna_search_lists_its_trials_and_compares_the_best_trial(store_uri
     ]
     markdown = (tmp_path / "report.md").read_text()
     assert (
-        "## Settings searched" in markdown
-        and "| 2 | finetune lr=0.01 | lr=0.01 | 0.9500 | finished | best |" in markdown
+        "## Settings searched" in markdown and "| 2 | finetune | lr=0.01 | 0.9500 | finished | 5.0 | best |" in markdown
     )
 
 
@@ -427,7 +426,7 @@ def test_a_grid_over_learning_rates_keeps_every_setting_in_the_table_and_lists_t
         _job(client, experiment_id, parent, "scratch", 0, acc, 5.0, settings={"optimizer.lr": lr})
     report = build_report(open_store(store_uri), sweep_run_id=parent, out_dir=tmp_path)
     assert [cells[0] for cells in report.cells] == ["scratch lr=0.001", "scratch lr=0.01"]
-    assert [(cells[2], cells[5]) for cells in report.trials] == [("lr=0.001", ""), ("lr=0.01", "best")]
+    assert [(cells[2], cells[6]) for cells in report.trials] == [("lr=0.001", ""), ("lr=0.01", "best")]
 
 
 def test_the_verdict_places_no_crossover_where_the_advantage_comes_and_goes(store_uri, tmp_path):

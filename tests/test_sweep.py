@@ -123,7 +123,7 @@ def test_joblib_parallel_jobs_on_sqlite_lose_nothing_and_share_one_foundation(tm
 
 @pytest.mark.slow  # ~24 s: kept out of `make test` to hold it under 10 minutes with the install
 def test_optuna_sweep_records_the_best_trial_on_the_parent(tmp_path):
-    result = _train(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=3")
+    result = _train(tmp_path, "hparams_search=optuna", "hparams_search.n_trials=3")
     assert result.returncode == 0, result.stderr[-3000:]
     client, (parent,) = _runs(tmp_path, "sweep")
     _, jobs = _runs(tmp_path, "job")

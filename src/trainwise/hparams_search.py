@@ -110,8 +110,9 @@ def storage_url(config: DictConfig) -> str:
     if configured:
         return str(configured)
     uri = str(config.tracking.get("uri") or "")
+    # An absolute path: the parent's tag must name the file wherever optuna-dashboard is started.
     if uri.startswith("sqlite:///"):
-        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).parent / 'optuna.db'}"
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).expanduser().resolve().parent / 'optuna.db'}"
     return f"sqlite:///{Path.cwd() / 'optuna.db'}"
 
 
@@ -168,7 +169,7 @@ def run_study(config: DictConfig, arguments: list[str], launch) -> None:
     while (remaining := search.n_trials - _count(study, finished)) > 0 and failed < search.n_trials:
         trials = [study.ask(search.distributions) for _ in range(min(search.n_jobs, remaining))]
         overrides = [
-            (*arguments, *(f"{key}={_value(v)}" for key, v in trial.params.items()),
+            (*arguments, *(f"++{key}={_value(v)}" for key, v in trial.params.items()),  # ++: set, or add
              f"hparams_search.trial_id={trial._trial_id}", f"hparams_search.trial_number={trial.number}")
             for trial in trials
         ]  # fmt: skip

@@ -107,7 +107,7 @@ def build_report(
     images = draw_all(rows, records, out)
     report = Report(
         title, rows, records, table_cells(shown), summary_lines(shown, records, target_acc), [],
-        verdict(rows, target_acc), trial_cells(rows, records),
+        verdict(rows, target_acc), trial_cells(rows, records, optuna=searched),
     )  # fmt: skip
     report.files = [_write_markdown(report, images, out), _write_html(report, images, out), *images]
     if log_to_parent and sweep_run_id:

@@ -290,14 +290,15 @@ def _state(run: RunRecord) -> str:
     return run.status.lower()
 
 
-def trial_cells(rows: list[Row], records: list[RunRecord]) -> list[list[str]]:
+def trial_cells(rows: list[Row], records: list[RunRecord], optuna: bool = False) -> list[list[str]]:
     """Where a strategy ran several settings at one data size (a grid over learning rates, an Optuna search): one
-    line per run of them (its trial number, what it tried, its best validation accuracy, its state), the setting
-    the comparison uses marked. Empty when every strategy ran one setting per size."""
+    line per run of them (its trial number, what it tried, its best validation accuracy, its state, its fit time),
+    the setting the comparison uses marked. Empty when every strategy ran one setting per size, except after an
+    Optuna search (`optuna`), whose every trial is listed."""
     groups: dict[tuple, list[Row]] = {}
     for row in (r for r in rows if r.on_target):
         groups.setdefault(row.key[:4], []).append(row)
-    searched = [group for group in groups.values() if len(group) > 1]
+    searched = [group for group in groups.values() if len(group) > 1 or optuna]
     if not searched:
         return []
     chosen = {id(r) for r in best_settings(rows)}
