@@ -202,3 +202,38 @@ def test_local_ranks_share_the_cores_this_process_may_use(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)  # what SLURM gave us
     assert threads_per_rank(2) == 2
     assert threads_per_rank(8) == 1
+
+
+@pytest.mark.parametrize(
+    ("rank", "address", "said"),
+    [
+        (0, "127.0.0.1", "Timed out"),  # rank 0 waits for a rank that never starts (another node that never came)
+        (1, "no-such-node.invalid", ""),  # a rank whose master's name does not resolve
+    ],
+)
+def test_ranks_that_cannot_meet_fail_within_the_rendezvous_timeout_with_one_line(tmp_path, rank, address, said):
+    """As ranks started by torchrun or SLURM: without the bound they waited for the group's hour."""
+    import os
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env |= {"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": address, "MASTER_PORT": str(port)}
+    command = [sys.executable, "-m", "trainwise", "train", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+               "accelerator=ddp_cpu", "accelerator.rendezvous_timeout_s=4", *SMALL]  # fmt: skip
+    started = time.monotonic()
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert time.monotonic() - started < 60
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: DDP rank {rank} of 2 could not meet the others at {address}:{port} within 4 s"), (
+        last
+    )
+    assert said in last and "Traceback" not in done.stderr
+    if (tmp_path / "mlflow.db").exists():  # nothing left RUNNING
+        client = mlflow_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        ids = [e.experiment_id for e in client.search_experiments()]
+        assert all(r.info.status != "RUNNING" for r in client.search_runs(ids))

@@ -27,6 +27,7 @@ from trainwise.errors import UserError
 
 # Rank 0 may spend a while before its plan is ready (resolving or downloading a foundation).
 _GROUP_TIMEOUT = timedelta(minutes=60)
+RENDEZVOUS_TIMEOUT_S = 300  # accelerator.rendezvous_timeout_s's default: every rank started, slow nodes included
 _STARTED_HERE = "TRAINWISE_LOCAL_RANKS"  # set while the ranks are ones trainwise started on this machine
 _RANK_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "RANK", "WORLD_SIZE", "OMP_NUM_THREADS")
 _RANK_ENV += (_STARTED_HERE,)
@@ -235,9 +236,33 @@ def _open_group(accelerator_cfg, world: World) -> None:
     if on_gpu:  # each rank on its own GPU before NCCL sees any tensor
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0))))
     if not dist.is_initialized():
+        # The ranks meet at a store of our own (bounded by accelerator.rendezvous_timeout_s: a rank that cannot reach
+        # MASTER_ADDR must not wait an hour), then the group's collectives get the long timeout.
+        store = _rendezvous(world, float(accelerator_cfg.get("rendezvous_timeout_s", RENDEZVOUS_TIMEOUT_S)))
         dist.init_process_group(
-            "nccl" if on_gpu else "gloo", rank=world.rank, world_size=world.world_size, timeout=_GROUP_TIMEOUT
-        )
+            "nccl" if on_gpu else "gloo", store=store, rank=world.rank, world_size=world.world_size,
+            timeout=_GROUP_TIMEOUT,
+        )  # fmt: skip
+
+
+def _rendezvous(world: World, timeout_s: float):
+    """A TCPStore at MASTER_ADDR:MASTER_PORT that every rank joins within timeout_s, else a UserError naming where
+    the ranks tried to meet."""
+    import torch.distributed as dist
+
+    address, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500"))
+    try:
+        return dist.TCPStore(
+            address, port, world.world_size, is_master=world.rank == 0, timeout=timedelta(seconds=timeout_s),
+            wait_for_workers=True,
+        )  # fmt: skip
+    except (RuntimeError, OSError, ValueError) as err:  # DistStoreError, DistNetworkError (RuntimeErrors), gaierror
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UserError(
+            f"DDP rank {world.rank} of {world.world_size} could not meet the others at {address}:{port} within "
+            f"{timeout_s:g} s (accelerator.rendezvous_timeout_s): {first}; check that {address} resolves and is "
+            "reachable from every node, that the port is free, and that every rank started"
+        ) from None
 
 
 def _collective_device():

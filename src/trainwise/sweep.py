@@ -101,6 +101,14 @@ def finish_sweep(interrupted: bool = False, target_acc: float | None = None) -> 
     if parent.info.status != "RUNNING":
         return
     status = "KILLED" if interrupted else "FINISHED"
+    children = store.client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'", max_results=1
+    )
+    if not children and not any(k.startswith("trainwise.reused.") for k in parent.data.tags):
+        # Stopped before any job ran (its reason is already printed, e.g. SLURM refused the jobs): nothing to report.
+        store.client.set_tag(run_id, "trainwise.error", "the sweep stopped before any of its jobs ran")
+        store.client.set_terminated(run_id, "KILLED" if interrupted else "FAILED")
+        return
     try:
         from trainwise.report import build_report
 

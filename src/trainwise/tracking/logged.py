@@ -22,6 +22,7 @@ ALLOWED_TARGETS = frozenset(
     {
         "torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD", "trainwise.sweep.SweepCallback",
         "hydra_plugins.trainwise_optuna.sweeper.TrainwiseOptunaSweeper",
+        "hydra_plugins.trainwise_slurm.launcher.TrainwiseSlurmLauncher",
     }
 )  # fmt: skip
 
