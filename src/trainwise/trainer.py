@@ -4,6 +4,7 @@ stop, the progress display), precision, DDP plugins and the `trainer.*` keys of 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -114,6 +115,8 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*multiple `ModelCheckpoint` callbacks.*")  # the first is `best`, on purpose
     warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")
     warnings.filterwarnings("ignore", r".*module\(s\) in eval mode.*")  # a frozen backbone is in eval mode on purpose
+    if "SLURM_JOB_ID" not in os.environ:  # outside an allocation the hint to prepend srun is noise
+        warnings.filterwarnings("ignore", ".*The `srun` command is available on your system but is not used.*")
     # Under DDP the logged values are torchmetrics' compute(), already reduced over the ranks.
     warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
