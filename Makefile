@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench ui lint clean
+.PHONY: install demo test test-all slurm-test bench ui lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
+
+# The slow SLURM tests on a two-node cluster started on this machine (needs root; installs slurm-wlm and munge
+# with apt where it can).
+slurm-test: $(STAMP)
+	command -v slurmctld >/dev/null || command -v /usr/sbin/slurmctld >/dev/null || \
+	  (command -v apt-get >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge) || \
+	  echo "slurm-wlm and munge are not installed and apt-get could not install them: the tests will skip"
+	$(BIN)/python -m pytest -q tests/test_slurm.py
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
