@@ -122,3 +122,19 @@ def test_two_trials_run_at_once_on_sqlite_without_losing_either(tmp_path):
     client, (parent,) = _parents(tmp_path)
     runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert sorted(r.data.tags["trainwise.optuna_trial"] for r in runs) == ["0", "1", "2", "3"]
+
+
+def test_a_journal_file_storage_holds_a_study_that_a_second_process_continues(tmp_path):
+    """The storage for a filesystem SLURM nodes share: a journal file (no database server, no SQLite locking)."""
+    from helpers import compose_config
+    from trainwise.hparams_search import from_config
+
+    journal = tmp_path / "shared" / "study.log"
+    cfg = compose_config("hparams_search=optuna", f"hparams_search.storage={journal}", "hparams_search.n_trials=2")
+    search = from_config(cfg)
+    study = search.study()
+    trial = study.ask(search.distributions)
+    study.tell(trial, 0.5)
+    again = optuna.load_study(study_name=search.study_name, storage=search.storage())  # as another process would
+    assert journal.is_file() and [t.value for t in again.trials] == [0.5]
+    assert isinstance(search.storage(), optuna.storages.JournalStorage)
