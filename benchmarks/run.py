@@ -32,12 +32,14 @@ from figures.device_resident import GLYPHS_PER_CLASS_CPU, device_resident
 from figures.folders import folder_figures
 from figures.framework import framework_overhead
 from figures.gpu import gpu_figures
+from figures.peer import peer_lht
 from figures.tracking import tracking_overhead
 
 # key -> (comparison, goal) on 2 CPU cores.
 GOALS: dict[str, tuple[str, float]] = {
     "framework_overhead_ratio": ("<=", 1.05),
     "tracking_overhead_ratio": ("<=", 1.03),
+    "peer_lht_ratio": ("<=", 0.9),
     "cached_features_speedup": (">=", 10.0),
     "device_resident_speedup": (">=", 1.3),
     "folder_stream_images_per_second": (">=", 1.0),  # a ratio: trainwise / torchvision ImageFolder + DataLoader
@@ -124,6 +126,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{fw['terminal_ratio']:.2f} x the hand loop, {fw['terminal_python_calls_per_epoch']:,.0f} calls per "
             f"epoch; the hand loop through Lightning Fabric {fw['fabric_floor_ratio']:.2f} x, "
             f"{fw['fabric_python_calls_per_epoch']:,.0f} calls per epoch"
+        )
+
+        peer = step("peer_lht", lambda: peer_lht(tmp, framework_reps, args.quick))
+        results["peer_lht_ratio"] = peer.pop("ratio")
+        results.update({f"peer_{k}": v for k, v in peer.items()})
+        notes.append(
+            f"peer_lht_ratio: per epoch trainwise {peer['trainwise_epoch_s']:.3f} s, the lightning-hydra-template way "
+            f"{peer['lht_epoch_s']:.3f} s; Python calls per epoch {peer['trainwise_python_calls_per_epoch']:,.0f} vs "
+            f"{peer['lht_python_calls_per_epoch']:,.0f}"
         )
 
         tr = step("tracking_overhead", lambda: tracking_overhead(tmp, reps, args.quick))

@@ -28,3 +28,20 @@ def test_early_stopping_without_a_validation_split_is_one_clear_line(tmp_path, s
     with pytest.raises(UserError, match="callbacks=early_stopping watches val/acc.*no validation split"):
         run_job(tmp_path, store_uri, "callbacks=early_stopping", "dataset.train_fraction=0.01",
                 "dataset.val_from_labelled=true")  # fmt: skip
+
+
+def test_the_trainer_profiles_nothing_cheaply_unless_a_profiler_is_asked_for(tmp_path):
+    """trainwise replaces Lightning's do-nothing profiler (a generator context manager around every callback hook)
+    with a cheaper do-nothing one; a profiler the user asks for is Lightning's."""
+    from pytorch_lightning.profilers import SimpleProfiler
+
+    from helpers import compose_config
+    from trainwise.callbacks import NoProfiler
+    from trainwise.trainer import build_trainer
+
+    default, *_ = build_trainer(compose_config("accelerator=cpu"), False, tmp_path / "a")
+    asked, *_ = build_trainer(compose_config("accelerator=cpu", "+trainer.profiler=simple"), False, tmp_path / "b")
+    assert isinstance(default.profiler, NoProfiler)
+    with default.profiler.profile("a hook"), default.profiler.profile("a hook"):  # reusable, nestable
+        pass
+    assert isinstance(asked.profiler, SimpleProfiler)

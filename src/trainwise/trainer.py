@@ -34,7 +34,7 @@ def build_trainer(
     import pytorch_lightning as pl
 
     from trainwise import distributed
-    from trainwise.callbacks import BestCheckpoint, EpochLines, GracefulStop, LastCheckpoint, ProgressBar
+    from trainwise.callbacks import BestCheckpoint, EpochLines, GracefulStop, LastCheckpoint, NoProfiler, ProgressBar
     from trainwise.signals import RunSignals
 
     _quiet_lightning()
@@ -56,6 +56,7 @@ def build_trainer(
         ProgressBar() if interactive else EpochLines(),
     ]
     passthrough = {k: v for k, v in to_container(cfg.trainer).items() if v is not None}
+    passthrough.setdefault("profiler", NoProfiler())  # trainer.profiler=simple (or advanced, pytorch) still works
     if not validate:
         passthrough |= {"limit_val_batches": 0, "num_sanity_val_steps": 0}
     trainer = pl.Trainer(

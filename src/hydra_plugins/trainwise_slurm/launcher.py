@@ -41,7 +41,7 @@ class TrainwiseSlurmLauncher(SlurmLauncher):
             job_params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
         try:
             try:
-                jobs = executor.map_array(self, *zip(*job_params))
+                jobs = executor.map_array(self, *zip(*job_params, strict=True))
             except Exception as err:  # noqa: BLE001 - submitit raises sbatch's refusal as a plain error
                 raise slurm.submission_error(err) from None
             arrays = sorted({str(job.job_id).split("_")[0] for job in jobs})
@@ -66,7 +66,10 @@ class TrainwiseSlurmLauncher(SlurmLauncher):
                 first = (str(err).strip().splitlines() or [type(err).__name__])[-1]
                 message = f"SLURM job {job.job_id} failed ({first[:300]}); its log: {job.paths.stderr}"
         else:
-            message = f"SLURM job {job.job_id} ended without a result (cancelled, or its node was lost); its log: {job.paths.stderr}"
+            message = (
+                f"SLURM job {job.job_id} ended without a result (cancelled, or its node was lost); its log: "
+                f"{job.paths.stderr}"
+            )
         print(f"error: {message}", file=sys.stderr, flush=True)
         FAILED_JOBS.append(message)
         result = JobReturn()
