@@ -146,10 +146,10 @@ def place_files(files: ImageFiles, data_cfg, decode: Decode):
         return torch.from_numpy(out), "memory"
     mb = nbytes / 2**20
     if cached is not None:
-        log.info("data: %.0f MB of decoded images exceed the memory budget (%.0f MB): read from %s", mb,
+        log.info("data: %.1f MB of decoded images exceed the memory budget (%.1f MB): read from %s", mb,
                  budget / 2**20, cached)  # fmt: skip
         return CachedImages(cached, key), "disk_cache"
-    log.info("data: %.0f MB of decoded images exceed the memory budget (%.0f MB): decoded per batch", mb,
+    log.info("data: %.1f MB of decoded images exceed the memory budget (%.1f MB): decoded per batch", mb,
              budget / 2**20)  # fmt: skip
     return DecodedFiles(files.paths, decode, key), "decode"
 
