@@ -56,6 +56,9 @@ def _optimization_history(trials: list[RunRecord], out_dir: Path) -> Path:
         ax.scatter(
             *zip(*pruned, strict=True), facecolors="none", edgecolors="C7", label="pruned (best before it stopped)"
         )
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers
     ax.set(xlabel="trial", ylabel="validation accuracy (best epoch)", title="Optuna search: optimization history")
     ax.legend(fontsize=8)
     return _save(fig, out_dir / "optuna_history.png")
