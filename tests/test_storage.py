@@ -202,3 +202,30 @@ def test_a_set_resized_beyond_the_budget_is_resized_per_batch_with_the_same_pixe
     for split in ("train", "test"):
         reference, batches = _all_batches(whole, split), _all_batches(lazy, split)
         assert all(torch.equal(a, b) for a, b in zip(reference, batches, strict=True))
+
+
+def test_unreadable_images_are_skipped_counted_and_logged_when_asked(tmp_path, store_uri):
+    from helpers import run_job
+
+    root = make_jpeg_folder(tmp_path / "photos", per_class=8)
+    truncated, not_an_image = root / "class_1" / "00002.jpg", root / "class_2" / "00005.jpg"
+    truncated.write_bytes(truncated.read_bytes()[:150])
+    not_an_image.write_text("not a JPEG")
+    with pytest.raises(UserError, match=r"cannot read image .*00002.jpg"):
+        _datamodule(root)  # by default: one line naming the file
+    first = _datamodule(root, "dataset.skip_bad_images=true")
+    assert len(first.data.labels) == 22 and first.data.labels.tolist().count(1) == 7
+    assert sorted(p.name for p in first.skipped) == ["00002.jpg", "00005.jpg"]
+    # The cache built with the skip remembers them: a later run reads it (memory or streaming) without decoding.
+    streamed = _datamodule(root, "dataset.skip_bad_images=true", "dataset.memory_budget_mb=0", "dataset.num_workers=0")
+    assert streamed.storage == "disk_cache" and len(streamed.data.labels) == 22
+    assert torch.equal(streamed.data.images[torch.arange(22)], first.data.images)
+    with pytest.raises(UserError, match="skip_bad_images=true to train without them"):
+        _datamodule(root)  # the same cache without the skip: still one line
+
+    result = run_job(tmp_path, store_uri, "dataset=imagefolder", f"dataset.root={root}", "dataset.image_size=16",
+                     "dataset.skip_bad_images=true")  # fmt: skip
+    client = mlflow_client(store_uri)
+    assert client.get_run(result.run_id).data.params["data.skipped_images"] == "2"
+    listed = Path(client.download_artifacts(result.run_id, "data/skipped_images.txt", str(tmp_path))).read_text()
+    assert sorted(Path(line).name for line in listed.split()) == ["00002.jpg", "00005.jpg"]

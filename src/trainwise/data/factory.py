@@ -6,6 +6,9 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
+import torch
+
 from trainwise.config import augment_name
 
 # The built-in loaders register themselves on import; the real datasets' modules are cheap to import
@@ -14,7 +17,7 @@ from trainwise.data import builtin, imagefolder, torchvision_sets  # noqa: F401
 from trainwise.data.datamodule import ImageTensors, ResizedImages, TensorDataModule
 from trainwise.data.imagefolder import ImageFiles
 from trainwise.data.registry import dataset_names, get_loader
-from trainwise.data.storage import Decode, memory_budget, place_files
+from trainwise.data.storage import Decode, RowSubset, memory_budget, place_files
 from trainwise.errors import UserError
 
 
@@ -43,14 +46,30 @@ def build_datamodule(
     if isinstance(data.images, ImageFiles):
         decode = Decode(channels, stored, "crop" if imagenet else "squash", interpolation,
                         "float32" if data.images.deep else "uint8")  # fmt: skip
-        images, storage = place_files(data.images, data_cfg, decode)
-        data = replace(data, images=images)
+        images, storage, bad = place_files(data.images, data_cfg, decode)
+        skipped = [data.images.paths[i] for i in bad]
+        data = replace(data, images=images) if not bad else _without(data, images, bad)
     else:
         data, storage = _resized(data, channels, stored, data_cfg)
+        skipped = []
     datamodule = TensorDataModule(data, data_cfg, seed, min_train_batches, image_size=size)
     datamodule.native_shape = native  # (channels, size) as loaded, before a foundation's input shape was forced
     datamodule.storage = storage
+    datamodule.skipped = skipped  # unreadable files left out (dataset.skip_bad_images=true)
+    if skipped:
+        names = ", ".join(str(p) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        print(f"warning: skipped {len(skipped)} image(s) that cannot be read ({names}); the run logs them in "
+              "data/skipped_images.txt", flush=True)  # fmt: skip
     return datamodule
+
+
+def _without(data: ImageTensors, images, bad: list[int]) -> ImageTensors:
+    """The set without the rows of unreadable files: labels and split masks follow."""
+    keep = np.setdiff1d(np.arange(len(data.labels)), np.asarray(bad, dtype=np.int64))
+    rows = torch.from_numpy(keep)
+    images = images[rows] if isinstance(images, torch.Tensor) else RowSubset(images, keep)
+    masks = {k: (getattr(data, k)[rows] if getattr(data, k) is not None else None) for k in ("test_mask", "val_mask")}
+    return replace(data, images=images, labels=data.labels[rows], **masks)
 
 
 def _resized(data: ImageTensors, channels: int, size: int, data_cfg) -> tuple[ImageTensors, str]:

@@ -131,27 +131,57 @@ class DecodedFiles:
 
 
 def place_files(files: ImageFiles, data_cfg, decode: Decode):
-    """(images, where): the decoded images as a tensor in memory, a CachedImages or a DecodedFiles, and which of
-    'memory', 'disk_cache', 'decode' that is."""
+    """(images, where, bad): the decoded images as a tensor in memory, a CachedImages or a DecodedFiles; which of
+    'memory', 'disk_cache', 'decode' that is; and the indices of the files that could not be read (left black;
+    only with dataset.skip_bad_images=true, and only where the images are decoded up front: memory or cache)."""
+    skip = bool(data_cfg.get("skip_bad_images", False))
     key = cache_key(files, decode)
     nbytes = len(files.paths) * decode.channels * decode.size**2 * np.dtype(decode.dtype).itemsize
     budget = memory_budget(data_cfg)
-    cached = build_cache(files, decode, key, data_cfg) if data_cfg.get("cache", True) else None
+    cached, bad = build_cache(files, decode, key, data_cfg, skip) if data_cfg.get("cache", True) else (None, [])
+    if bad and not skip:  # a cache an earlier run built with skip_bad_images=true
+        raise UserError(
+            f"dataset.root: cannot read image {files.paths[bad[0]]} ({len(bad)} unreadable in all); fix or remove "
+            "the files, or set dataset.skip_bad_images=true to train without them"
+        )
     if nbytes <= budget:
         if cached is not None:
-            return CachedImages(cached, key).load(), "memory"
+            return CachedImages(cached, key).load(), "memory", bad
         out = np.empty((len(files.paths), decode.channels, decode.size, decode.size), dtype=decode.dtype)
-        for start, chunk in decode_chunks(files.paths, decode):
+        bad = [] if skip else None
+        for start, chunk in decode_chunks(files.paths, decode, bad=bad):
             out[start : start + len(chunk)] = chunk
-        return torch.from_numpy(out), "memory"
+        return torch.from_numpy(out), "memory", sorted(bad or [])
     mb = nbytes / 2**20
     if cached is not None:
         log.info("data: %.1f MB of decoded images exceed the memory budget (%.1f MB): read from %s", mb,
                  budget / 2**20, cached)  # fmt: skip
-        return CachedImages(cached, key), "disk_cache"
+        return CachedImages(cached, key), "disk_cache", bad
     log.info("data: %.1f MB of decoded images exceed the memory budget (%.1f MB): decoded per batch", mb,
              budget / 2**20)  # fmt: skip
-    return DecodedFiles(files.paths, decode, key), "decode"
+    return DecodedFiles(files.paths, decode, key), "decode", []
+
+
+class RowSubset:
+    """Some rows of a set of images (those left after skipping unreadable files), indexed as a whole set."""
+
+    def __init__(self, images, rows: np.ndarray):
+        self.images, self.rows = images, torch.as_tensor(rows, dtype=torch.long)
+        self.shape = (len(rows), *images.shape[1:])
+        self.dtype = images.dtype
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def nbytes(self) -> int:
+        return self.images.nbytes * len(self.rows) // max(1, len(self.images))
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        return self.images[self.rows[index]]
+
+    def digest(self) -> str:
+        return hashlib.sha256(f"{self.images.digest()}{self.rows.tolist()}".encode()).hexdigest()[:16]
 
 
 def memory_budget(data_cfg) -> int:
@@ -193,15 +223,15 @@ def cache_folder(data_cfg) -> Path:
     return Path(str(configured)).expanduser() if configured else cache_dir() / "images"
 
 
-def build_cache(files: ImageFiles, decode: Decode, key: str, data_cfg) -> Path | None:
-    """The cache file for `key`, decoded now if no run made it before; None (with a warning) when the disk lacks
-    the space."""
+def build_cache(files: ImageFiles, decode: Decode, key: str, data_cfg, skip: bool = False):
+    """(the cache file for `key`, decoded now if no run made it before, or None with a warning when the disk lacks
+    the space; the indices of unreadable files, left black, recorded beside it in <name>.bad.json when `skip`)."""
     from filelock import FileLock
 
     folder = cache_folder(data_cfg)
     path = folder / f"{key[:32]}.npy"
     if path.is_file():
-        return path
+        return path, _bad_rows(path)
     shape = (len(files.paths), decode.channels, decode.size, decode.size)
     nbytes = int(np.prod(shape)) * np.dtype(decode.dtype).itemsize
     try:
@@ -213,36 +243,55 @@ def build_cache(files: ImageFiles, decode: Decode, key: str, data_cfg) -> Path |
         print(f"warning: the decoded-image cache would take {nbytes / 2**30:.1f} GB and {folder} has "
               f"{free / 2**30:.1f} GB free: decoding every epoch instead (set dataset.cache_dir=<a larger disk>)",
               flush=True)  # fmt: skip
-        return None
+        return None, []
     with FileLock(str(path) + ".lock"):
         if path.is_file():  # another job built it while this one waited
-            return path
+            return path, _bad_rows(path)
         partial = path.with_suffix(".partial.npy")
         say = print if len(files.paths) >= 2000 else log.info  # (a few seconds or more: tell the user why)
         say(f"Decoding {len(files.paths):,} images into the cache {path} ({nbytes / 2**20:.0f} MB) ...")
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(decode.dtype)), "fortran_order": False,
                   "shape": shape}  # fmt: skip
+        bad: list[int] | None = [] if skip else None
         try:
             with open(partial, "wb") as f:  # written a chunk at a time: never the whole set in memory
                 np.lib.format.write_array_header_1_0(f, header)
-                for _start, chunk in decode_chunks(files.paths, decode):
+                for _start, chunk in decode_chunks(files.paths, decode, bad=bad):
                     f.write(memoryview(chunk))  # (np.stack's result is C-contiguous: no copy)
             if cache_key(files, decode) != key:
                 raise UserError(
                     f"dataset.root={files.root} changed while its images were being decoded; run again once it is "
                     "complete"
                 )
+            if bad:
+                path.with_suffix(".bad.json").write_text(json.dumps(sorted(bad)))
             os.replace(partial, path)
         finally:
             partial.unlink(missing_ok=True)
-    return path
+    return path, sorted(bad or [])
 
 
-def decode_chunks(paths: list[Path], decode: Decode, chunk_bytes: int = 16 * 2**20):
+def _bad_rows(path: Path) -> list[int]:
+    sidecar = path.with_suffix(".bad.json")
+    return json.loads(sidecar.read_text()) if sidecar.is_file() else []
+
+
+def decode_chunks(paths: list[Path], decode: Decode, chunk_bytes: int = 16 * 2**20, bad: list[int] | None = None):
     """(start, array of decoded images) in order, about `chunk_bytes` at a time. PIL releases the GIL while it
-    decodes and resizes, so threads use every core."""
+    decodes and resizes, so threads use every core. bad: None, an unreadable file is a UserError; a list, its
+    index is added there and its image left black."""
     image_bytes = decode.channels * decode.size**2 * np.dtype(decode.dtype).itemsize
     chunk = max(1, min(512, chunk_bytes // image_bytes))
+
+    def one(i: int) -> np.ndarray:
+        try:
+            return decode(paths[i])
+        except UserError:
+            if bad is None:
+                raise
+            bad.append(i)
+            return np.zeros((decode.channels, decode.size, decode.size), dtype=decode.dtype)
+
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for start in range(0, len(paths), chunk):
-            yield start, np.stack(list(pool.map(decode, paths[start : start + chunk])))
+            yield start, np.stack(list(pool.map(one, range(start, min(len(paths), start + chunk)))))

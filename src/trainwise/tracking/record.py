@@ -88,7 +88,11 @@ def log_data(tracked, data_cfg: DictConfig, datamodule, steps_per_epoch: int) ->
     # Every labelled image the run used: trained on, or selected its checkpoint on.
     sizes["data.labelled_size"] = sizes["data.train_size"] + sizes["data.val_size"]
     facts = {"data.num_classes": datamodule.num_classes, "data.steps_per_epoch": steps_per_epoch}
+    skipped = getattr(datamodule, "skipped", [])
+    facts["data.skipped_images"] = len(skipped)
     tracked.log_params(sizes | facts | datamodule.preprocess.params())
+    if skipped:
+        tracked.log_text("".join(f"{path}\n" for path in skipped), "data/skipped_images.txt")
     tracked.set_tags({"trainwise.data_storage": datamodule.storage})
     selection = "best val/acc" if datamodule.has_validation else "last epoch (no validation split: budget too small)"
     tracked.set_tags({"trainwise.selection": selection})
