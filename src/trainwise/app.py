@@ -57,13 +57,13 @@ def task(cfg: DictConfig) -> float | None:
         ctx.parent_run_id = active_sweep_run()
         ctx.extra_tags["trainwise.job_num"] = str(hydra_cfg.job.num)  # an Optuna sweep's trial number
     try:
-        trial = _optuna_trial(cfg, ctx) if sweeping else None
+        trial, pruning = _optuna_trial(cfg, ctx) if sweeping else (None, None)
         result = run(cfg, ctx)
         if trial is not None:
             from trainwise import hparams_search
             from trainwise.tracking import open_store
 
-            hparams_search.tell(trial, ctx.callbacks[-1], result, open_store(cfg.tracking.uri))
+            hparams_search.tell(trial, pruning, result, open_store(cfg.tracking.uri))
     except Interrupted as stopped:
         if stopped.run_id:
             print(f"Interrupted: run {stopped.run_id} is KILLED; continue it with: trainwise train "
@@ -90,12 +90,13 @@ def task(cfg: DictConfig) -> float | None:
 
 
 def _optuna_trial(cfg: DictConfig, ctx):
-    """The Optuna trial this job runs (hparams_search=optuna), with the pruning callback added to its Trainer."""
+    """(the Optuna trial this job runs, its pruning callback, added to the Trainer's), or (None, None) when the job
+    is not a trial of hparams_search=optuna."""
     from trainwise import hparams_search
 
     found = hparams_search.job_trial(cfg)
     if found is None:
-        return None
+        return None, None
     search, trial = found
     ctx.extra_tags |= {
         "trainwise.job_num": str(trial.number),  # the trial's number in its study (the report's trial column)
@@ -103,8 +104,9 @@ def _optuna_trial(cfg: DictConfig, ctx):
         "trainwise.optuna_study": search.study_name,
         "trainwise.optuna_storage": search.storage_url,
     }
-    ctx.callbacks.append(hparams_search.PruningCallback(trial))
-    return trial
+    pruning = hparams_search.pruning_callback(trial)
+    ctx.callbacks.append(pruning)
+    return trial, pruning
 
 
 def register_experiments() -> None:

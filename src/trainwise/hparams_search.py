@@ -215,26 +215,24 @@ def job_trial(cfg: DictConfig):
     return search, optuna.trial.Trial(study, int(trial_id))
 
 
-class PruningCallback:
-    """Reports val/acc to the trial after every validation epoch and stops the fit where the pruner says so
-    (as optuna-integration's PyTorchLightningPruningCallback, without its DDP restrictions or the extra
-    package)."""
+def pruning_callback(trial):
+    """A Lightning callback that reports val/acc to the trial after every validation epoch and stops the fit where
+    the pruner says so (as optuna-integration's PyTorchLightningPruningCallback, without its DDP restrictions or
+    the extra package). Its `pruned` says whether it did."""
+    import pytorch_lightning as pl
 
-    def __new__(cls, trial):
-        import pytorch_lightning as pl
+    class Pruning(pl.Callback):
+        pruned = False
 
-        class _Pruning(pl.Callback):
-            pruned = False
+        def on_validation_end(self, trainer, pl_module):
+            if trainer.sanity_checking or "val/acc" not in trainer.callback_metrics:
+                return
+            trial.report(float(trainer.callback_metrics["val/acc"]), step=trainer.current_epoch)
+            if trial.should_prune():
+                self.pruned = True
+                trainer.should_stop = True
 
-            def on_validation_end(self, trainer, pl_module):
-                if trainer.sanity_checking or "val/acc" not in trainer.callback_metrics:
-                    return
-                trial.report(float(trainer.callback_metrics["val/acc"]), step=trainer.current_epoch)
-                if trial.should_prune():
-                    self.pruned = True
-                    trainer.should_stop = True
-
-        return _Pruning()
+    return Pruning()
 
 
 def tell(trial, pruning, result, store) -> None:

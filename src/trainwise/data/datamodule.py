@@ -224,7 +224,6 @@ class TensorDataModule(pl.LightningDataModule):
         self.augmenter = BatchAugment(self.augment, self.image_size, seed, self.augment_pad)
         self.channels = int(data.images.shape[1])
         self.features_cached = False  # set by cache_features: batches are features, used as they are
-        self.augmented_in_workers = False  # set by train_dataloader (see _loader)
         self.device_resident = str(cfg.get("device_resident", "auto")).lower()
         if self.device_resident not in ("auto", "true", "false"):
             raise UserError(f"dataset.device_resident={self.device_resident!r} must be auto, true or false")
@@ -363,11 +362,7 @@ class TensorDataModule(pl.LightningDataModule):
         # gets its own share (the Trainer runs with use_distributed_sampler=False).
         min_batches = self.min_train_batches if shuffle else 1
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        # Training batches read by worker processes (images streaming from disk) on a CPU are augmented there, in
-        # parallel; on a GPU, or read in this process, after they reach the device (on_after_batch_transfer).
-        in_workers = split == "train" and num_workers > 0 and not self._on_gpu()
-        if split == "train":
-            self.augmented_in_workers = in_workers
+        in_workers = split == "train" and self.augmented_in_workers
         augment = partial(self.augmenter, rank=rank) if in_workers else None
         dataset = IndexedImages(images, labels, idx, augment)
         batches = EpochBatches(
@@ -378,6 +373,13 @@ class TensorDataModule(pl.LightningDataModule):
             dataset, sampler=batches, batch_size=None, num_workers=num_workers, pin_memory=pin,
             persistent_workers=num_workers > 0,
         )  # fmt: skip
+
+    @property
+    def augmented_in_workers(self) -> bool:
+        """Training batches read by worker processes (images streaming from disk) on a CPU are augmented there, in
+        parallel; on a GPU (where the data may be resident and read without workers), or read in this process,
+        after they reach the device (on_after_batch_transfer)."""
+        return self.num_workers > 0 and not self._on_gpu()
 
     def _on_gpu(self) -> bool:
         return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"

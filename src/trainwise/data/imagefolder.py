@@ -136,9 +136,6 @@ def _high_depth(img) -> np.ndarray | None:
     return (values - low) / (high - low) if high > low else np.clip(values, 0.0, 1.0)
 
 
-FITS = ("squash", "crop")  # how a non-square image becomes a square: stretched, or its center (aspect kept)
-
-
 def decode_image(
     path: Path, channels: int, size: int, fit: str = "squash", interpolation: str = "bilinear"
 ) -> np.ndarray:
