@@ -5,6 +5,7 @@ torchvision's per-sample path. Everything runs on CPU in seconds."""
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -257,6 +258,46 @@ def test_terminal_progress_bar_reaches_the_last_batch_and_shows_epoch_metrics(tm
         trainer = _trainer(tmp_path, max_epochs=1, enable_progress_bar=True, callbacks=[quiet_rank_bar])
         trainer.fit(Tiny(), DataLoader(data, batch_size=4), DataLoader(data, batch_size=14))
     assert trainer.global_step == 7
+
+
+def test_epoch_metrics_reach_the_bar_callbacks_and_mlflow_as_self_log_would_and_not_from_the_sanity_check(
+    tmp_path, store_uri
+):
+    """The module hands its epoch values to Lightning by hand (publish_epoch_metrics, cheaper than self.log):
+    the terminal's bar shows the epoch's loss and accuracy, a user's callback finds them in callback_metrics,
+    MLflow gets one point per epoch at the global step (none from the sanity check's two validation batches), and
+    the test split's values end up on the run."""
+    import contextlib
+
+    from helpers import mlflow_client
+    from trainwise.jobs import JobContext, run
+
+    seen = []
+
+    class Reader(pl.Callback):
+        def on_validation_end(self, trainer, pl_module):
+            seen.append((trainer.sanity_checking, sorted(trainer.callback_metrics)))
+
+    cfg = compose_config("profile=smoke", f"tracking.uri={store_uri}", "trainer.max_epochs=2")
+    screen = Terminal()
+    with contextlib.redirect_stdout(screen):
+        result = run(cfg, JobContext(job_dir=tmp_path / "job", callbacks=[Reader()]))
+    # The sanity check ran and callbacks saw its values; Lightning then clears them. An epoch validates before
+    # the module publishes its train values (on_train_epoch_end), so the first epoch's validation sees val/* only.
+    assert seen == [
+        (True, ["val/acc", "val/loss"]),
+        (False, ["val/acc", "val/loss"]),
+        (False, ["train/acc", "train/loss", "val/acc", "val/loss"]),
+    ]
+    epoch_2 = [line for line in screen.getvalue().split("\r") if "Epoch 1/1" in line][-1]  # the bar counts from 0
+    assert "val/acc:" in epoch_2 and "train/loss:" in epoch_2, epoch_2
+    client = mlflow_client(store_uri)
+    for key in ("val/acc", "val/loss", "train/loss", "train/acc"):
+        assert [m.step for m in client.get_metric_history(result.run_id, key)] == [4, 8], key
+    run = client.get_run(result.run_id)
+    local = json.loads((tmp_path / "job" / "metrics.json").read_text())  # what the recipe read back from the test
+    for key in ("test/acc", "test/loss", "test/f1_macro", "test/acc_top5"):
+        assert local[key] == run.data.metrics[key], key
 
 
 # ---------------------------------------------------------------- best weights held in memory

@@ -18,10 +18,27 @@ import pytest
 from helpers import compose_config, mlflow_client, run_job
 from trainwise.errors import Interrupted, UserError
 
-# Deterministic, 5 epochs of 4 batches; at this learning rate the best validation epoch (the 4th) is not the last.
+# Deterministic, 5 epochs of 4 batches; the last epoch trains at a learning rate that wrecks the network (see
+# _last_epoch_diverges), so the best validation epoch is an earlier one on any CPU, whatever its arithmetic.
 RUN = ("strategy=scratch", "deterministic=true", "trainer.max_epochs=5", "trainer.limit_train_batches=4",
        "optimizer.lr=0.01")  # fmt: skip
 STEPS_PER_EPOCH = 4
+
+
+def _last_epoch_diverges(monkeypatch) -> None:
+    """Adam at learning rate 1 in the 5th epoch, in the straight and the interrupted runs alike. Without it,
+    whether 0.01 peaks before the last epoch depended on the machine (it did on one CPU, not on another)."""
+    from trainwise.module import ClassificationModule
+
+    original = ClassificationModule.on_train_epoch_start
+
+    def on_train_epoch_start(self):
+        original(self)
+        if self.current_epoch == 4:
+            for group in self.trainer.optimizers[0].param_groups:
+                group["lr"] = 1.0
+
+    monkeypatch.setattr(ClassificationModule, "on_train_epoch_start", on_train_epoch_start)
 
 
 def _sigterm_at_step(monkeypatch, step: int) -> None:
@@ -47,7 +64,9 @@ def straight(tmp_path_factory):
     """The uninterrupted run every interrupted one must end equal to."""
     tmp = tmp_path_factory.mktemp("straight")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    result = run_job(tmp, uri, *RUN)
+    with pytest.MonkeyPatch.context() as patch:
+        _last_epoch_diverges(patch)
+        result = run_job(tmp, uri, *RUN)
     client = mlflow_client(uri)
     val_acc = _history(client, result.run_id, "val/acc")
     assert len(val_acc) == 5
@@ -64,6 +83,7 @@ def test_sigterm_mid_epoch_after_the_best_epoch_resumes_to_the_uninterrupted_res
     written at the first epoch only, so epochs 2-4, already logged and better than epoch 1, are trained again."""
     expected, expected_val_acc = straight
     client = mlflow_client(store_uri)
+    _last_epoch_diverges(monkeypatch)  # for the resumed process too
     with monkeypatch.context() as patch:
         _sigterm_at_step(patch, 4 * STEPS_PER_EPOCH + 1)  # epoch 5, second batch: after the best epoch
         with pytest.raises(Interrupted) as stopped:

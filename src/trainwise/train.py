@@ -213,7 +213,8 @@ def _fit_and_test(cfg, ctx: JobContext, module, datamodule, tracked, world, plan
             raise Interrupted(ctx.signals.received, tracked.run_id)  # stopped at an epoch end, saved whole
         tested = {}
         if ctx.test:
-            tested = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False, weights_only=True)[0]
+            trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False, weights_only=True)
+            tested = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     finally:
         for name in ("best.ckpt", "last.ckpt"):
             if (Path(best.dirpath) / name).is_file():
