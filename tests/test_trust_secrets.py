@@ -26,3 +26,33 @@ def test_a_failed_runs_error_tag_and_traceback_are_masked(tmp_path, store_uri, m
     for text in (error, traceback):
         assert "RuntimeError: cannot log in to postgresql://bob:***@db/x with api_key=*** as ***" in text
         assert "pa55word" not in text
+
+
+def test_masking_survives_another_thread_changing_the_environment(monkeypatch):
+    """MLflow's telemetry thread unsets a variable of its own while a job masks its config; reading os.environ item
+    by item then raised KeyError and failed 2 of 4 jobs of a parallel sweep."""
+    import os
+    import sys
+    import threading
+
+    from trainwise.config import mask_text
+
+    monkeypatch.setenv("MY_API_TOKEN", "tok-123456")
+    interval = sys.getswitchinterval()
+    stop = threading.Event()
+
+    def toggle():
+        while not stop.is_set():
+            os.environ["_TRAINWISE_TEST_RACE"] = "x"
+            del os.environ["_TRAINWISE_TEST_RACE"]
+
+    sys.setswitchinterval(1e-6)  # switch threads often, as a busy process does now and then
+    thread = threading.Thread(target=toggle)
+    thread.start()
+    try:
+        masked = [mask_text("token tok-123456") for _ in range(2000)]
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
+    assert set(masked) == {"token ***"}

@@ -206,16 +206,27 @@ def _mask_all(node):
     return node if node in (None, "") else MASK
 
 
+def environ() -> dict[str, str]:
+    """A copy of os.environ. Reading os.environ item by item raises KeyError when another thread removes a variable
+    meanwhile (MLflow's telemetry thread unsets _MLFLOW_TELEMETRY_SESSION_ID): that failed jobs of a parallel
+    sweep while they logged their config. Copied again until a copy is whole."""
+    import os
+
+    while True:
+        try:
+            return dict(os.environ)
+        except KeyError:
+            continue
+
+
 def mask_text(text: str) -> str:
     """Free text (an override, an error message, a whole traceback) safe to log: passwords inside URIs,
     `name=value` / `name: value` pairs whose name names a secret, Bearer/Basic credentials, and the value of every
     environment variable whose name contains TOKEN, PASSWORD, SECRET or KEY (MLFLOW_TRACKING_PASSWORD, ...)
     wherever it appears, replaced by ***."""
-    import os
-
     text = str(text)
     # Longest first, so that a value containing another is masked whole.
-    values = sorted((v for k, v in os.environ.items() if _names_secret(k) and _may_be_secret(v)), key=len, reverse=True)
+    values = sorted((v for k, v in environ().items() if _names_secret(k) and _may_be_secret(v)), key=len, reverse=True)
     for value in values:
         text = text.replace(value, MASK)
     text = _URI_PASSWORD.sub(lambda m: m.group("head") + MASK + m.group("at"), text)

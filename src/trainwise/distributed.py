@@ -201,10 +201,11 @@ def _start_local_ranks(per_node: int, job_dir: Path, overrides: list[str]) -> Wo
                f"hydra.run.dir={job_dir}", "hydra.output_subdir=null", "hydra/job_logging=disabled"]  # fmt: skip
     # The other ranks never touch the tracking store: nothing that names a store or the sweep's parent run goes
     # to them (a rank that saw the sweep's variables would end the parent run when its own process ends).
+    from trainwise.config import environ
     from trainwise.sweep import SWEEP_RUN_ENV, SWEEP_STORE_ENV
 
     private = {SWEEP_RUN_ENV, SWEEP_STORE_ENV, "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID"}
-    shared = {k: v for k, v in os.environ.items() if k not in private}
+    shared = {k: v for k, v in environ().items() if k not in private}
     children = []
     for local_rank in range(1, per_node):
         env = shared | {"LOCAL_RANK": str(local_rank), "RANK": str(local_rank)}
