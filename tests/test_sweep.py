@@ -119,6 +119,10 @@ def test_joblib_parallel_jobs_on_sqlite_lose_nothing_and_share_one_foundation(tm
     assert strategies == ["finetune", "finetune", "full", "full", "scratch", "scratch"]
     assert all(r.info.status == "FINISHED" for r in jobs) and parent.info.status == "FINISHED"
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in jobs)
+    from trainwise.distributed import threads_per_rank
+
+    # joblib's loky workers get cores // n_jobs threads: the two jobs running at once share the cores
+    assert {r.data.tags["trainwise.torch_threads"] for r in jobs} == {str(threads_per_rank(2))}
 
 
 @pytest.mark.slow  # ~24 s: kept out of `make test` to hold it under 10 minutes with the install
@@ -138,16 +142,34 @@ def test_optuna_sweep_records_the_best_trial_on_the_parent(tmp_path):
 
 
 @pytest.mark.slow  # ~19 s: kept out of `make test` to hold it under 10 minutes with the install
-def test_submitit_local_jobs_report_to_one_parent(tmp_path):
-    """Real submitit job processes (the SLURM launcher's local twin): parent, children and report."""
+def test_submitit_local_jobs_report_to_one_parent_and_share_the_cores(tmp_path):
+    """Real submitit job processes (the SLURM launcher's local twin): parent, children and report. Both jobs run
+    at once, each with half the cores as torch threads (the plugin's launcher gave each all of them)."""
+    from trainwise.distributed import threads_per_rank
+
     result = _train(tmp_path, "-m", "hydra/launcher=submitit_local", "strategy=scratch,full")
     assert result.returncode == 0, result.stderr[-3000:]
     client, (parent,) = _runs(tmp_path, "sweep")
     _, jobs = _runs(tmp_path, "job")
     assert sorted(r.data.tags["trainwise.strategy"] for r in jobs) == ["full", "scratch"]
+    assert [r.data.tags["trainwise.torch_threads"] for r in jobs] == [str(threads_per_rank(2))] * 2
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in jobs)
     assert parent.info.status == "FINISHED"
     assert "report/report.md" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+
+
+def test_the_submitit_local_preset_is_trainwise_launcher_with_the_plugins_keys():
+    """conf/hydra/launcher/submitit_local.yaml takes the plugin's place: the same keys and defaults, trainwise's
+    launcher (each job its share of the cores)."""
+    from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf
+    from omegaconf import OmegaConf
+
+    cfg = compose_config("hydra/launcher=submitit_local", return_hydra_config=True)
+    ours = OmegaConf.to_container(cfg.hydra.launcher)
+    plugin = OmegaConf.to_container(OmegaConf.structured(LocalQueueConf))
+    assert ours.pop("_target_") == "hydra_plugins.trainwise_local.launcher.TrainwiseLocalLauncher"
+    plugin.pop("_target_")
+    assert ours == plugin
 
 
 def test_the_slurm_preset_composes_onto_submitit():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -25,6 +26,9 @@ def hydra_main(args: list[str]) -> int:
     from trainwise.sweep import finish_sweep
 
     register_experiments()
+    # conf/hydra/launcher/submitit_local.yaml replaces the plugin's preset of that name on purpose (each job its
+    # share of the cores); Hydra still merges it onto the plugin's schema, and warns that it does.
+    warnings.filterwarnings("ignore", r"\s*'hydra/launcher/submitit_local' is validated against ConfigStore schema")
     sys.argv = ["trainwise train", *args]
     try:
         hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")(task)()

@@ -61,11 +61,18 @@ def run_tags(cfg: DictConfig, data_name: str, ctx: JobContext) -> dict[str, str]
 
 
 def _process_tags() -> dict[str, str]:
-    """Where the run's process lives: resume tells a RUNNING run whose process is gone from one still training."""
+    """Where the run's process lives (resume tells a RUNNING run whose process is gone from one still training),
+    and the CPU threads torch computes with: a run's time depends on them (parallel jobs share the cores)."""
     import os
     import socket
 
-    return {"trainwise.host": socket.gethostname(), "trainwise.pid": str(os.getpid())}
+    import torch
+
+    return {
+        "trainwise.host": socket.gethostname(),
+        "trainwise.pid": str(os.getpid()),
+        "trainwise.torch_threads": str(torch.get_num_threads()),
+    }
 
 
 def log_config(tracked, cfg: DictConfig, ctx: JobContext) -> None:
