@@ -23,6 +23,7 @@ ALLOWED_TARGETS = frozenset(
         "torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD", "trainwise.sweep.SweepCallback",
         "hydra_plugins.trainwise_optuna.sweeper.TrainwiseOptunaSweeper",
         "hydra_plugins.trainwise_slurm.launcher.TrainwiseSlurmLauncher",
+        "hydra_plugins.trainwise_local.launcher.TrainwiseLocalLauncher",
     }
 )  # fmt: skip
 
