@@ -65,6 +65,7 @@ def test_ddp_cpu_scratch_sees_as_many_samples_per_epoch_as_one_process(tmp_path)
     assert ddp.data.metrics["test/acc"] > 0.2  # it learned (10 classes: chance is 0.1)
 
 
+@pytest.mark.slow  # ~15 s on a 2-core 2 GHz AMD EPYC: keeps `make test` under 10 minutes there
 def test_ddp_rejects_what_it_cannot_run(tmp_path):
     command = [sys.executable, "-m", "trainwise", "train", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
     for overrides, says in [
@@ -211,6 +212,7 @@ def test_local_ranks_share_the_cores_this_process_may_use(monkeypatch):
         (1, "no-such-node.invalid", ""),  # a rank whose master's name does not resolve
     ],
 )
+@pytest.mark.slow  # ~28 s on a 2-core 2 GHz AMD EPYC: keeps `make test` under 10 minutes there
 def test_ranks_that_cannot_meet_fail_within_the_rendezvous_timeout_with_one_line(tmp_path, rank, address, said):
     """As ranks started by torchrun or SLURM: without the bound they waited for the group's hour."""
     import os

@@ -32,6 +32,7 @@ def _parents(cwd: Path):
     return client, client.search_runs(ids, "tags.`trainwise.role` = 'sweep'", order_by=["attributes.start_time ASC"])
 
 
+@pytest.mark.slow  # ~57 s on a 2-core 2 GHz AMD EPYC: keeps `make test` under 10 minutes there
 def test_the_same_command_continues_the_study_and_the_report_lists_all_its_trials(tmp_path):
     first = _train(tmp_path, "hparams_search.n_trials=2")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -61,6 +62,7 @@ def test_the_same_command_continues_the_study_and_the_report_lists_all_its_trial
     assert "report/optuna_history.png" in files
 
 
+@pytest.mark.slow  # ~28 s on a 2-core 2 GHz AMD EPYC: keeps `make test` under 10 minutes there
 def test_a_trial_that_lags_the_median_is_pruned_after_its_first_epoch(tmp_path):
     """Five earlier trials reached val/acc 1.0 at every epoch; the sixth cannot, so the median pruner stops it."""
     study = optuna.create_study(

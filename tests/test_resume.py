@@ -136,6 +136,7 @@ def _only_run(store_uri: str):
     return run
 
 
+@pytest.mark.slow  # ~18 s on a 2-core 2 GHz AMD EPYC: keeps `make test` under 10 minutes there
 def test_sigterm_while_the_data_loads_ends_the_run_killed(tmp_path, store_uri):
     result = _child(
         tmp_path,
@@ -159,6 +160,7 @@ def test_sigterm_while_the_data_loads_ends_the_run_killed(tmp_path, store_uri):
     assert _only_run(store_uri).info.status == "KILLED"
 
 
+@pytest.mark.slow  # ~19 s on a 2-core 2 GHz AMD EPYC: keeps `make test` under 10 minutes there
 def test_a_second_sigterm_stops_a_hung_job_at_once(tmp_path, store_uri):
     result = _child(
         tmp_path,
@@ -186,6 +188,7 @@ def test_a_second_sigterm_stops_a_hung_job_at_once(tmp_path, store_uri):
     assert _only_run(store_uri).info.status == "KILLED"
 
 
+@pytest.mark.slow  # ~24 s on a 2-core 2 GHz AMD EPYC: keeps `make test` under 10 minutes there
 def test_ctrl_c_while_the_run_is_being_ended_still_ends_it_killed_with_the_resume_hint(tmp_path):
     """A second Ctrl+C while MLflow's queue is flushed (slow against a remote server) used to leave the run
     RUNNING. Through the CLI, as a user at a shell would."""

@@ -113,6 +113,7 @@ def test_a_cancelled_job_ends_its_run_and_the_parent(tmp_path, cluster):
     assert job.info.status in ("KILLED", "FAILED") and parent.info.status == "FAILED"
 
 
+@pytest.mark.slow  # ~25 s on a 2-core 2 GHz AMD EPYC: keeps `make test` under 10 minutes there
 def test_a_run_outside_an_allocation_does_not_print_lightnings_srun_hint(tmp_path):
     fake = tmp_path / "bin"
     fake.mkdir()

@@ -75,6 +75,7 @@ def test_full_trains_on_the_source_with_the_foundation_budget(tmp_path, store_ur
     )
 
 
+@pytest.mark.slow  # ~16 s on a 2-core 2 GHz AMD EPYC: keeps `make test` under 10 minutes there
 def test_finetune_auto_trains_a_foundation_once_then_reuses_it(tmp_path, store_uri):
     client = mlflow_client(store_uri)
     first = run_job(tmp_path / "a", store_uri, "strategy=finetune")
