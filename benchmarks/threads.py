@@ -31,7 +31,9 @@ PLUGIN_LOCAL = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLau
 
 
 def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from trainwise.distributed import threads_per_rank
+
+    return threads_per_rank(1)  # the cores this process may run on, as the launchers count them
 
 
 def variants(jobs: int) -> dict[str, tuple[list[str], dict[str, str]]]:

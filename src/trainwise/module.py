@@ -164,15 +164,14 @@ def publish_epoch_metrics(trainer: pl.Trainer, metrics: dict[str, torch.Tensor])
     self.log keeps a result entry per key that Lightning re-reads at every batch end: on small_cnn/digits its
     bookkeeping for these values was about 8,000 Python calls an epoch, an eighth of a whole run's."""
     trainer.callback_metrics.update(metrics)
+    scalars = {name: float(value) for name, value in metrics.items()}  # one host read per value
     # in a terminal the bar shows the last epoch's loss and accuracy (it has no other epoch lines)
-    shown = {name: float(value) for name, value in metrics.items() if name.rsplit("/", 1)[-1] in ("loss", "acc")}
-    trainer.progress_bar_metrics.update(shown)
+    trainer.progress_bar_metrics.update({k: v for k, v in scalars.items() if k.rsplit("/", 1)[-1] in ("loss", "acc")})
     if trainer.sanity_checking:
         return
     trainer.logged_metrics.update(metrics)
-    scalars = {name: float(value) for name, value in metrics.items()} | {"epoch": trainer.current_epoch}
     for logger in trainer.loggers:
-        logger.log_metrics(scalars, step=trainer.global_step)
+        logger.log_metrics(scalars | {"epoch": trainer.current_epoch}, step=trainer.global_step)
         logger.save()
 
 
